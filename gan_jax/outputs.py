@@ -1,0 +1,92 @@
+"""What a run leaves in its work directory: metrics (JSON lines and
+TensorBoard events), sample grids and the loss curve."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+
+class MetricWriter:
+  """Appends `{"step": s, **scalars}` to metrics.jsonl and to TensorBoard."""
+
+  def __init__(self, workdir: str):
+    # tensorboardX writes TensorBoard event files without TensorFlow's
+    # summary ops (tensorflow-cpu does not bring the tensorboard package).
+    from tensorboardX import SummaryWriter
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, global_step=step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tb.close()
+
+
+class DivergenceError(FloatingPointError):
+  pass
+
+
+def check_finite(step: int, scalars: dict[str, float]) -> None:
+  bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+  if bad:
+    raise DivergenceError(f"training diverged at step {step}: {', '.join(bad)} "
+                          f"= {[scalars[k] for k in bad]}")
+
+
+def image_grid(images: np.ndarray, pixel_range=(-1.0, 1.0), cols: int | None = None) -> np.ndarray:
+  """(N, H, W, C) images in `pixel_range` -> one uint8 (rows*H, cols*W, C) grid."""
+  lo, hi = pixel_range
+  n, h, w, ch = images.shape
+  cols = cols or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  x = np.clip((np.asarray(images, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+  x = np.round(x * 255).astype(np.uint8)
+  grid = np.zeros((rows * h, cols * w, ch), np.uint8)
+  for i in range(n):
+    r, c = divmod(i, cols)
+    grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = x[i]
+  return grid
+
+
+def save_image_grid(images: np.ndarray, path: str, pixel_range=(-1.0, 1.0),
+                    upscale: int = 2) -> None:
+  from PIL import Image
+  grid = image_grid(images, pixel_range)
+  img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  if upscale > 1:
+    img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  img.save(path)
+
+
+def read_metrics(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(metrics_path: str, png_path: str) -> None:
+  """D and G loss against step, from metrics.jsonl."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = read_metrics(metrics_path)
+  steps = [r["step"] for r in rows]
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for key in ("d_loss", "g_loss"):
+    ax.plot(steps, [r[key] for r in rows], label=key)
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)

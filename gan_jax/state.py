@@ -1,0 +1,49 @@
+"""The GAN training state: one pytree of arrays.
+
+Models and optimisers are not part of the state (they are static structure,
+rebuilt from the config), so the state checkpoints, shards and vmaps as plain
+arrays.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class GANState:
+  step: jax.Array          # int32 scalar: completed training steps
+  rng: jax.Array           # raw uint32 PRNG key; step keys are fold_in(rng, step)
+  g_params: Any
+  d_params: Any
+  g_batch_stats: Any
+  d_batch_stats: Any
+  g_opt_state: optax.OptState
+  d_opt_state: optax.OptState
+
+
+def make_optimizers(optim_config: Any) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  """Adam for G and D with separate learning rates (TTUR when they differ)."""
+  def adam(lr):
+    return optax.adam(lr, b1=optim_config.b1, b2=optim_config.b2)
+  return adam(optim_config.g_lr), adam(optim_config.d_lr)
+
+
+def create_state(seed: int, g: nn.Module, d: nn.Module, g_tx: optax.GradientTransformation,
+                 d_tx: optax.GradientTransformation, latent_dim: int,
+                 image_shape: tuple[int, int, int]) -> GANState:
+  """Initialises parameters, BatchNorm statistics and both optimiser states."""
+  rng = jax.random.PRNGKey(seed)
+  g_key, d_key, rng = jax.random.split(rng, 3)
+  g_vars = g.init(g_key, jnp.zeros((2, latent_dim), jnp.float32), train=False)
+  d_vars = d.init(d_key, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+  return GANState(
+      step=jnp.zeros((), jnp.int32), rng=rng,
+      g_params=g_vars["params"], d_params=d_vars["params"],
+      g_batch_stats=g_vars.get("batch_stats", {}), d_batch_stats=d_vars.get("batch_stats", {}),
+      g_opt_state=g_tx.init(g_vars["params"]), d_opt_state=d_tx.init(d_vars["params"]))

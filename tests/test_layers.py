@@ -1,0 +1,60 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gan_jax.layers import ConvTranspose
+
+CASES = [  # (input H, W, kernel, stride, padding)
+    (7, 7, 4, 2, "SAME"),     # the DCGAN layers
+    (14, 14, 4, 2, "SAME"),
+    (8, 9, 5, 2, "SAME"),     # LSGAN-style k5 s2
+    (7, 7, 5, 1, "SAME"),
+    (5, 6, 4, 2, "VALID"),
+    (6, 6, 3, 3, "VALID"),
+    (5, 5, 2, 2, "SAME"),
+    (4, 5, 4, 2, ((1, 2), (2, 1))),
+]
+
+
+@pytest.mark.parametrize("h,w,k,s,padding", CASES)
+def test_equals_flax_conv_transpose(h, w, k, s, padding):
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (3, h, w, 5))
+  ref = nn.ConvTranspose(6, (k, k), (s, s), padding)
+  params = ref.init(jax.random.PRNGKey(1), x)
+  # Non-zero bias so the bias path is compared too.
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  fast = ConvTranspose(6, k, s, padding)
+  assert jax.tree.map(jnp.shape, fast.init(key, x)) == jax.tree.map(jnp.shape, params)
+  y_ref, y = ref.apply(params, x), fast.apply(params, x)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+
+  # Same gradients w.r.t. input and parameters.
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  g = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_no_transposed_convolution_in_gradient():
+  """The point of the layer: its forward and backward pass are matmuls; the
+  dilated convolutions of a transposed conv's gradient (slow on XLA:CPU) never appear."""
+  x = jnp.ones((2, 7, 7, 8))
+  layer = ConvTranspose(4, 4, 2)
+  params = layer.init(jax.random.PRNGKey(0), x)
+  def value_and_grads(m):
+    return jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2), argnums=(0, 1)))
+  hlo = value_and_grads(layer).lower(params, x).compile().as_text()
+  assert "convolution(" not in hlo and "dot(" in hlo
+  ref = nn.ConvTranspose(4, (4, 4), (2, 2))
+  hlo_ref = value_and_grads(ref).lower(params, x).compile().as_text()
+  assert "_dilate=" in hlo_ref  # what the reference layer emits
+
+
+def test_bad_input_rank():
+  with pytest.raises(ValueError, match="NHWC"):
+    ConvTranspose(4, 4, 2).init(jax.random.PRNGKey(0), jnp.ones((7, 7, 8)))
