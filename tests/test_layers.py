@@ -18,15 +18,16 @@ CASES = [  # (input H, W, kernel, stride, padding)
 ]
 
 
+@pytest.mark.parametrize("features", [6, 16])  # narrow: XLA conv path; wide: matmul path
 @pytest.mark.parametrize("h,w,k,s,padding", CASES)
-def test_equals_flax_conv_transpose(h, w, k, s, padding):
+def test_equals_flax_conv_transpose(h, w, k, s, padding, features):
   key = jax.random.PRNGKey(0)
   x = jax.random.normal(key, (3, h, w, 5))
-  ref = nn.ConvTranspose(6, (k, k), (s, s), padding)
+  ref = nn.ConvTranspose(features, (k, k), (s, s), padding)
   params = ref.init(jax.random.PRNGKey(1), x)
   # Non-zero bias so the bias path is compared too.
   params = jax.tree.map(lambda p: p + 0.1, params)
-  fast = ConvTranspose(6, k, s, padding)
+  fast = ConvTranspose(features, k, s, padding)
   assert jax.tree.map(jnp.shape, fast.init(key, x)) == jax.tree.map(jnp.shape, params)
   y_ref, y = ref.apply(params, x), fast.apply(params, x)
   assert y.shape == y_ref.shape
@@ -44,13 +45,16 @@ def test_no_transposed_convolution_in_gradient():
   """The point of the layer: its forward and backward pass are matmuls; the
   dilated convolutions of a transposed conv's gradient (slow on XLA:CPU) never appear."""
   x = jnp.ones((2, 7, 7, 8))
-  layer = ConvTranspose(4, 4, 2)
+  layer = ConvTranspose(16, 4, 2)  # wide enough for the matmul path
   params = layer.init(jax.random.PRNGKey(0), x)
   def value_and_grads(m):
     return jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2), argnums=(0, 1)))
   hlo = value_and_grads(layer).lower(params, x).compile().as_text()
   assert "convolution(" not in hlo and "dot(" in hlo
-  ref = nn.ConvTranspose(4, (4, 4), (2, 2))
+  narrow = ConvTranspose(1, 4, 2)  # XLA conv path: plain stride-1 convolutions only
+  narrow_params = narrow.init(jax.random.PRNGKey(0), x)
+  assert "_dilate=" not in value_and_grads(narrow).lower(narrow_params, x).compile().as_text()
+  ref = nn.ConvTranspose(16, (4, 4), (2, 2))
   hlo_ref = value_and_grads(ref).lower(params, x).compile().as_text()
   assert "_dilate=" in hlo_ref  # what the reference layer emits
 
