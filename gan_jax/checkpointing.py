@@ -12,9 +12,8 @@ from absl import logging
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one state pytree."""
 
-  def __init__(self, workdir: str, every: int, keep: int, read_only: bool = False):
+  def __init__(self, workdir: str, keep: int, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.every = every
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -39,11 +38,9 @@ class Checkpointer:
     logging.info("restoring checkpoint %d from %s", self.manager.latest_step(), self.directory)
     return self.restore(target)
 
-  def save(self, step: int, state, force: bool = False) -> bool:
-    """Saves at multiples of `every` (Orbax alone would also save the first
-    step it sees), or whenever `force`d."""
-    if not force and step % self.every:
-      return False
+  def save(self, step: int, state) -> bool:
+    """Saves now; the caller decides when (Orbax's own interval logic would
+    also save the first step it sees)."""
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def close(self) -> None:

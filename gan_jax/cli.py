@@ -63,22 +63,22 @@ def main(argv: list[str] | None = None) -> int:
   # Import the heavy stack only once the command line is known good.
   from absl import logging
   logging.set_verbosity(logging.INFO)
-  if args.command == "prepare":
-    from gan_jax import data
-    try:
+  from gan_jax import data, idx, outputs, sampling, train
+  # Errors about the user's input or environment: one clear line, no traceback.
+  user_errors = (ConfigError, data.DataError, idx.IDXError, outputs.DivergenceError,
+                 FileNotFoundError)
+  try:
+    if args.command == "prepare":
       builder = data.prepared_builder(config.data)
-    except Exception as e:  # one clear line, not a traceback
-      print(f"gan-jax: error: {e}", file=sys.stderr)
-      return 1
-    print(f"{config.data.name} is prepared in {builder.data_dir}")
-    return 0
-  from gan_jax import train
-  if args.command == "train":
-    train.train_and_evaluate(config, args.workdir)
-  else:
-    from gan_jax import sampling
-    paths = sampling.write_samples(config, args.workdir, args.num, step=args.step, seed=args.seed)
-    print("\n".join(paths))
+      print(f"{config.data.name} is prepared in {builder.data_dir}")
+    elif args.command == "train":
+      train.train_and_evaluate(config, args.workdir)
+    else:
+      print("\n".join(sampling.write_samples(config, args.workdir, args.num,
+                                              step=args.step, seed=args.seed)))
+  except user_errors as e:
+    print(f"gan-jax: error: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

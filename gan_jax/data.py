@@ -30,6 +30,10 @@ from gan_jax import idx
 tf.config.set_visible_devices([], "GPU")
 
 
+class DataError(ValueError):
+  """The dataset cannot serve this experiment (missing, wrong split or shape)."""
+
+
 def resolve_data_dir(data_dir: str) -> str:
   return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
@@ -55,7 +59,7 @@ def prepared_builder(data_config: Any) -> tfds.core.DatasetBuilder:
       hint = ("\nOffline: put the four IDX files (train-images-idx3-ubyte.gz, ...) in a folder "
               "and pass --config.data.idx_dir=FOLDER or set GAN_JAX_IDX_DIR; on Debian, "
               "`apt-get install dataset-fashion-mnist` provides Fashion-MNIST.")
-    raise RuntimeError(f"could not download and prepare TFDS dataset "
+    raise DataError(f"could not download and prepare TFDS dataset "
                        f"'{data_config.name}' in {data_dir}: {e}{hint}") from e
   return builder
 
@@ -100,7 +104,7 @@ def _split_size(builder, split: str) -> int | None:
   try:
     return splits[split].num_examples
   except (KeyError, ValueError) as e:
-    raise ValueError(f"dataset '{builder.name}' has no split '{split}'; "
+    raise DataError(f"dataset '{builder.name}' has no split '{split}'; "
                      f"splits: {sorted(splits)}") from e
 
 
@@ -117,7 +121,7 @@ class TrainData:
     split = data_config.split
     shape = tuple(builder.info.features["image"].shape)
     if shape != tuple(image_shape):
-      raise ValueError(f"dataset '{data_config.name}' has images of shape {shape}, "
+      raise DataError(f"dataset '{data_config.name}' has images of shape {shape}, "
                        f"the model takes {tuple(image_shape)}")
     size = _split_size(builder, split)
     self._images = builder.as_dataset(split=split, shuffle_files=False).map(
@@ -126,7 +130,7 @@ class TrainData:
         self._images.reduce(0, lambda n, _: n + 1))
     self.steps_per_epoch = self.num_examples // global_batch
     if self.steps_per_epoch == 0:
-      raise ValueError(f"split '{split}' of '{data_config.name}' has {self.num_examples} "
+      raise DataError(f"split '{split}' of '{data_config.name}' has {self.num_examples} "
                        f"examples, fewer than one batch of {global_batch}")
     self.global_batch = global_batch
     self.seed = seed

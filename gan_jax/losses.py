@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gan_jax.config import ConfigError
+
 
 class AdversarialLoss(NamedTuple):
   d: Callable[[jax.Array, jax.Array], jax.Array]
@@ -46,5 +48,5 @@ LOSSES: dict[str, AdversarialLoss] = {
 
 def get_loss(name: str) -> AdversarialLoss:
   if name not in LOSSES:
-    raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
+    raise ConfigError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
   return LOSSES[name]

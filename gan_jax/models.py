@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gan_jax import layers
+from gan_jax.config import ConfigError
 
 # DCGAN (Radford et al. 2016): conv and dense weights ~ N(0, 0.02),
 # BatchNorm scale ~ N(1, 0.02), biases zero.
@@ -40,7 +41,7 @@ def upsample_layer(kind: str) -> Callable[..., nn.Module]:
     return layers.ConvTranspose
   if kind == "transpose":
     return nn.ConvTranspose
-  raise ValueError(f"unknown upsample kind {kind!r}; valid: 'phase', 'transpose'")
+  raise ConfigError(f"unknown upsample kind {kind!r}; valid: 'phase', 'transpose'")
 
 
 class DCGAN28Generator(nn.Module):
@@ -94,7 +95,7 @@ MODELS: dict[str, tuple[type[nn.Module], type[nn.Module], int]] = {
 
 def _family(name: str):
   if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
+    raise ConfigError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
   return MODELS[name]
 
 

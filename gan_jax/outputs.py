@@ -35,11 +35,12 @@ class DivergenceError(FloatingPointError):
   pass
 
 
-def check_finite(step: int, scalars: dict[str, float]) -> None:
-  bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+def check_finite(step: int, scalars: dict) -> None:
+  """Raises DivergenceError naming the step and every non-finite metric."""
+  bad = {k: float(v) for k, v in scalars.items() if not math.isfinite(float(v))}
   if bad:
-    raise DivergenceError(f"training diverged at step {step}: {', '.join(bad)} "
-                          f"= {[scalars[k] for k in bad]}")
+    raise DivergenceError(f"training diverged at step {step}: " + ", ".join(
+        f"{k} = {v}" for k, v in bad.items()) + "; the last checkpoint is from before it")
 
 
 def image_grid(images: np.ndarray, pixel_range=(-1.0, 1.0), cols: int | None = None) -> np.ndarray:

@@ -9,15 +9,16 @@ import ml_collections
 import numpy as np
 
 from gan_jax import checkpointing, outputs, train
+from gan_jax.config import ConfigError
 
 
 def write_samples(config: ml_collections.ConfigDict, workdir: str, num: int,
                   step: int | None = None, seed: int = 0) -> list[str]:
   if num <= 0:
-    raise ValueError(f"number of samples must be positive, got {num}")
+    raise ConfigError(f"number of samples must be positive, got {num}")
   c = train.build_components(config)
   mesh = train.make_mesh()
-  ckpt = checkpointing.Checkpointer(workdir, every=1, keep=1, read_only=True)
+  ckpt = checkpointing.Checkpointer(workdir, keep=1, read_only=True)
   state = ckpt.restore(train.init_state(config, c, mesh), step=step)
   step = int(state.step)
   z = jax.random.normal(jax.random.PRNGKey(seed), (num, config.model.latent_dim))

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gan_jax import checkpointing, data, losses, models, outputs
+from gan_jax.config import ConfigError
 from gan_jax.state import GANState, create_state, make_optimizers
 
 AXIS = "data"
@@ -150,26 +151,40 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
   return config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
 
 
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Values that would only fail deep inside training, checked up front."""
+  def positive(*keys):
+    for key in keys:
+      if config[key] <= 0:
+        raise ConfigError(f"config key '{key}' must be positive, got {config[key]}")
+  positive("batch_size", "log_every", "sample_every", "checkpoint_every",
+           "keep_checkpoints", "num_grid_samples")
+  if config.num_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError("set num_epochs > 0 or num_steps > 0")
+  if config.batch_size % num_devices:
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
+                      f"{num_devices} devices")
+  lo, hi = config.data.pixel_range
+  if not lo < hi:
+    raise ConfigError(f"data.pixel_range must be (low, high) with low < high, got {(lo, hi)}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
   """Trains (or resumes) the experiment in `workdir`; returns the final state."""
-  os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
-  n_dev = mesh.devices.size
-  if config.batch_size % n_dev:
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                     f"{n_dev} devices")
+  validate_config(config, mesh.devices.size)
+  c = build_components(config)
+  # The data first: a bad dataset fails before the work directory is touched.
+  source = data.TrainData(config.data, config.batch_size, config.seed, mesh,
+                          image_shape=c.image_shape)
+  os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  c = build_components(config)
   state = init_state(config, c, mesh)
-  ckpt = checkpointing.Checkpointer(workdir, every=config.checkpoint_every,
-                                    keep=config.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = ckpt.restore_latest(state)
   start = int(state.step)
-
-  source = data.TrainData(config.data, config.batch_size, config.seed, mesh,
-                          image_shape=c.image_shape)
   total = num_train_steps(config, source.steps_per_epoch)
   if start:
     logging.info("resuming from step %d of %d", start, total)
@@ -190,9 +205,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
       pending.append(metrics)
       done = step + 1
       bar.update(1)
-      if done % config.log_every == 0 or done == total:
-        # The only per-interval host sync: fetch and average the pending metrics.
+      log_now = done % config.log_every == 0 or done == total
+      save_now = done % config.checkpoint_every == 0 or done == total
+      if log_now or save_now:
+        # The only host syncs: every step's metrics are checked before a log
+        # line or a checkpoint, so a diverged state is never saved.
         host = jax.device_get(pending)
+        for i, m in enumerate(host):
+          outputs.check_finite(done - len(host) + i + 1, m)
+      if log_now:
         pending = []
         row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         now = time.perf_counter()
@@ -202,12 +223,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
         t_last, step_last = now, done
         writer.write(done, row)
         bar.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}")
-        outputs.check_finite(done, row)
       if done % config.sample_every == 0 or done == total:
         outputs.save_image_grid(np.asarray(generate(state, z_grid)),
                                 os.path.join(workdir, "samples", f"step_{done:07d}.png"),
                                 pixel_range)
-      ckpt.save(done, state, force=done == total)
+      if save_now:
+        ckpt.save(done, state)
   finally:
     bar.close()
     ckpt.close()

@@ -36,7 +36,7 @@ def test_two_steps_end_to_end(tmp_path):
   assert os.path.isfile(tmp_path / "samples" / "step_0000002.png")
   assert os.path.isfile(tmp_path / "losses.png")
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-  assert checkpointing.Checkpointer(str(tmp_path), 1, 1).latest_step() == 2
+  assert checkpointing.Checkpointer(str(tmp_path), 1).latest_step() == 2
   assert json.load(open(tmp_path / "config.json"))["model"]["g_features"] == 32
 
 
@@ -46,7 +46,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
   cfg = small_config(num_steps=4)
   c = train.build_components(cfg)
   mesh = train.make_mesh()
-  restored = jax.device_get(checkpointing.Checkpointer(str(tmp_path), 2, 3).restore(
+  restored = jax.device_get(checkpointing.Checkpointer(str(tmp_path), 3).restore(
       train.init_state(cfg, c, mesh)))
   # The checkpoint holds exactly the state training returned (donation-safe save).
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(restored)):
@@ -55,7 +55,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
   assert int(resumed.step) == 4
   steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")]
   assert steps == [1, 2, 3, 4]  # continued, not restarted
-  assert checkpointing.Checkpointer(str(tmp_path), 1, 1).manager.all_steps() == [2, 4]
+  assert checkpointing.Checkpointer(str(tmp_path), 1).manager.all_steps() == [2, 4]
 
 
 def test_sample_writes_npy_and_grid(tmp_path):
@@ -101,3 +101,40 @@ def test_cli_overrides_are_applied():
       "progress_bar": "false", "data.name": "mnist"})
   assert cfg.optim.d_lr == 1e-4 and cfg.num_steps == 7 and cfg.progress_bar is False
   assert tuple(cfg.data.pixel_range) == (-0.5, 0.5) and cfg.data.name == "mnist"
+
+
+def test_cli_bad_idx_file_is_one_clear_error(tmp_path, capsys):
+  """A truncated IDX file stops `train` before anything runs, with one line naming it."""
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "idx"
+  folder.mkdir()
+  for split, n in (("train", 20), ("t10k", 5)):
+    idx.write_idx(folder / f"{split}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    idx.write_idx(folder / f"{split}-labels-idx1-ubyte.gz",
+                  rng.integers(0, 10, (n,), dtype=np.uint8))
+  bad = folder / "train-images-idx3-ubyte.gz"
+  import gzip
+  raw = gzip.decompress(bad.read_bytes())
+  bad.write_bytes(gzip.compress(raw[:-100]))
+  code = cli.main(["train", "--config", DEFAULT_EXPERIMENT, "--workdir", str(tmp_path / "w"),
+                   f"--config.data.idx_dir={folder}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+                   "--config.progress_bar=false"])
+  err = capsys.readouterr().err.strip()
+  assert code == 1
+  assert err.startswith("gan-jax: error:") and "truncated" in err and str(bad) in err
+  assert "Traceback" not in err
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("batch_size", 0, "'batch_size' must be positive"),
+    ("log_every", 0, "'log_every' must be positive"),
+    ("data.pixel_range", (1.0, -1.0), "low < high"),
+    ("loss", "wasserstein_typo", "unknown loss"),
+])
+def test_invalid_config_rejected_before_training(tmp_path, key, value, message):
+  from gan_jax.config import ConfigError
+  with pytest.raises(ConfigError, match=message):
+    train.train_and_evaluate(small_config(**{key: value}), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
