@@ -139,6 +139,7 @@ class TrainData:
 
   def epoch(self, epoch: int) -> tf.data.Dataset:
     """One epoch of normalised global batches in the (seed, epoch) order."""
+    # One fixed order per (seed, epoch): the epoch can be rebuilt on resume.
     ds = self._images.shuffle(min(self.config.shuffle_buffer, self.num_examples),
                               seed=self.seed * 100_003 + epoch, reshuffle_each_iteration=False)
     ds = ds.batch(self.global_batch, drop_remainder=True)

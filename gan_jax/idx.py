@@ -336,7 +336,7 @@ def prepare_from_idx(name: str, folder: PathLike,
   Raises:
     ValueError: unsupported `name`.
     IDXError: a bad or missing IDX file (nothing is written then).
-    RuntimeError: `data_dir` holds a leftover, unprepared folder for this
+    IDXError: `data_dir` holds a leftover, unprepared folder for this
       dataset version, which TFDS will not overwrite.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -380,7 +380,7 @@ def prepare_from_idx(name: str, folder: PathLike,
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     # TFDS "reuses" any existing variant folder, even an empty one.
-    raise RuntimeError(
+    raise IDXError(
         f"{builder.data_dir} exists but holds no prepared dataset; delete it "
         f"and call prepare_from_idx again")
   return builder

@@ -317,5 +317,5 @@ def test_prepare_leftover_variant_folder(tmp_path):
   data_dir = tmp_path / "tfds"
   variant = Path(tfds.builder("fashion_mnist", data_dir=data_dir).data_dir)
   variant.mkdir(parents=True)
-  with pytest.raises(RuntimeError, match="holds no prepared dataset"):
+  with pytest.raises(idx.IDXError, match="holds no prepared dataset"):
     idx.prepare_from_idx("fashion_mnist", folder, data_dir)

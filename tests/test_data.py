@@ -1,0 +1,82 @@
+"""The TFDS input pipeline on a real (small) TFDS dataset prepared from generated IDX files."""
+import itertools
+
+import ml_collections
+import numpy as np
+import pytest
+
+from gan_jax import data, idx, train
+
+N_TRAIN, N_TEST, BATCH = 24, 8, 8
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("data")
+  rng = np.random.default_rng(0)
+  folder = root / "idx"
+  folder.mkdir()
+  images = rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8)
+  for prefix, imgs in (("train", images),
+                       ("t10k", rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8))):
+    idx.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", imgs)
+    idx.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz",
+                  rng.integers(0, 10, (len(imgs),), dtype=np.uint8))
+  return root, folder, images
+
+
+def _source(prepared, seed=0, pixel_range=(-1.0, 1.0), split="train", shape=(28, 28, 1)):
+  root, folder, _ = prepared
+  cfg = ml_collections.ConfigDict(dict(
+      name="fashion_mnist", split=split, data_dir=str(root / "tfds"), idx_dir=str(folder),
+      pixel_range=pixel_range, shuffle_buffer=1000))
+  return data.TrainData(cfg, BATCH, seed, train.make_mesh(), image_shape=shape)
+
+
+def _take(it, n):
+  return [np.asarray(b) for b in itertools.islice(it, n)]
+
+
+def test_epoch_visits_every_image_once_normalised(prepared):
+  _, _, images = prepared
+  source = _source(prepared, pixel_range=(-0.5, 0.5))
+  assert source.num_examples == N_TRAIN and source.steps_per_epoch == N_TRAIN // BATCH
+  batches = _take(source.batches(), source.steps_per_epoch)
+  assert all(b.shape == (BATCH, 28, 28, 1) and b.dtype == np.float32 for b in batches)
+  seen = np.concatenate(batches)[..., 0]
+  assert seen.min() >= -0.5 and seen.max() <= 0.5
+  # Back to uint8 exactly: the normalisation is v / 255 - 0.5.
+  restored = np.round((seen + 0.5) * 255).astype(np.uint8)
+  np.testing.assert_allclose(seen, restored / 255.0 - 0.5, atol=1e-6)
+  assert sorted(map(bytes, restored)) == sorted(map(bytes, images))  # each image exactly once
+
+
+def test_order_is_seeded_and_changes_per_epoch(prepared):
+  a = _take(_source(prepared, seed=0).host_batches(), 6)
+  b = _take(_source(prepared, seed=0).host_batches(), 6)
+  c = _take(_source(prepared, seed=1).host_batches(), 6)
+  assert all(np.array_equal(x, y) for x, y in zip(a, b))
+  assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+  assert not all(np.array_equal(x, y) for x, y in zip(a[:3], a[3:]))  # epoch 1 != epoch 0
+
+
+def test_resume_position_gives_the_same_batches(prepared):
+  source = _source(prepared)
+  full = _take(source.host_batches(), 8)
+  for start in (2, 4):  # mid-epoch, and across the epoch boundary at 3
+    resumed = _take(source.host_batches(start_step=start), 8 - start)
+    assert all(np.array_equal(x, y) for x, y in zip(full[start:], resumed))
+
+
+def test_batches_are_split_over_the_mesh(prepared):
+  batch = next(_source(prepared).batches())
+  assert batch.shape == (BATCH, 28, 28, 1)
+  assert batch.sharding.spec == train.P(train.AXIS)
+  assert len(batch.addressable_shards) == len(train.make_mesh().devices)
+
+
+def test_wrong_image_shape_and_split_are_clear_errors(prepared):
+  with pytest.raises(data.DataError, match=r"images of shape \(28, 28, 1\).*takes \(32, 32, 3\)"):
+    _source(prepared, shape=(32, 32, 3))
+  with pytest.raises(data.DataError, match="no split 'validation'"):
+    _source(prepared, split="validation")
