@@ -3,6 +3,7 @@
   gan-jax train  --config experiments/dcgan_fashion_mnist.py --workdir DIR [--config.KEY=VALUE ...]
   gan-jax sample --workdir DIR [--num 64] [--step N]
   gan-jax prepare --config experiments/dcgan_fashion_mnist.py   (data only)
+  gan-jax -v ...   (INFO logs of gan_jax, Orbax and TFDS)
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> dict[
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="gan-jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("-v", "--verbose", action="store_true",
+                      help="INFO logs (gan_jax, Orbax, TFDS); default: warnings only")
   sub = parser.add_subparsers(dest="command", required=True)
   train = sub.add_parser("train", help="train (or resume) an experiment in a work directory")
   train.add_argument("--config", required=True, help="experiment file with get_config()")
@@ -61,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gan-jax: error: {e}", file=sys.stderr)
     return 2
   # Import the heavy stack only once the command line is known good.
+  if not args.verbose:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
   from absl import logging
-  logging.set_verbosity(logging.INFO)
+  logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
   from gan_jax import data, idx, outputs, sampling, train
   # Errors about the user's input or environment: one clear line, no traceback.
   user_errors = (ConfigError, data.DataError, idx.IDXError, outputs.DivergenceError,
