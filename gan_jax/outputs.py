@@ -69,6 +69,16 @@ def save_image_grid(images: np.ndarray, path: str, pixel_range=(-1.0, 1.0),
   img.save(path)
 
 
+def truncate_metrics(path: str, last_step: int) -> None:
+  """Drops rows logged after `last_step`: on resume from that checkpoint the
+  run logs those steps again, and the file must not hold them twice."""
+  if not os.path.exists(path):
+    return
+  rows = [r for r in read_metrics(path) if r["step"] <= last_step]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def read_metrics(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]

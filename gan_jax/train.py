@@ -185,6 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = ckpt.restore_latest(state)
   start = int(state.step)
+  outputs.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
   total = num_train_steps(config, source.steps_per_epoch)
   if start:
     logging.info("resuming from step %d of %d", start, total)

@@ -51,10 +51,14 @@ def test_resume_continues_from_checkpoint(tmp_path):
   # The checkpoint holds exactly the state training returned (donation-safe save).
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
+  # As if the first run had logged steps 3 and 4 and was killed before saving them.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 3, "d_loss": 9.0}) + "\n")
   resumed = _train(cfg, tmp_path)
   assert int(resumed.step) == 4
   steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")]
-  assert steps == [1, 2, 3, 4]  # continued, not restarted
+  assert steps == [1, 2, 3, 4]  # continued, not restarted, no stale rows
+  assert all(json.loads(l).get("d_loss") != 9.0 for l in open(tmp_path / "metrics.jsonl"))
   assert checkpointing.Checkpointer(str(tmp_path), 1).manager.all_steps() == [2, 4]
 
 
