@@ -60,7 +60,7 @@ def prepared_builder(data_config: Any) -> tfds.core.DatasetBuilder:
               "and pass --config.data.idx_dir=FOLDER or set GAN_JAX_IDX_DIR; on Debian, "
               "`apt-get install dataset-fashion-mnist` provides Fashion-MNIST.")
     raise DataError(f"could not download and prepare TFDS dataset "
-                       f"'{data_config.name}' in {data_dir}: {e}{hint}") from e
+                    f"'{data_config.name}' in {data_dir}: {e}{hint}") from e
   return builder
 
 
@@ -105,7 +105,7 @@ def _split_size(builder, split: str) -> int | None:
     return splits[split].num_examples
   except (KeyError, ValueError) as e:
     raise DataError(f"dataset '{builder.name}' has no split '{split}'; "
-                     f"splits: {sorted(splits)}") from e
+                    f"splits: {sorted(splits)}") from e
 
 
 class TrainData:
@@ -122,7 +122,7 @@ class TrainData:
     shape = tuple(builder.info.features["image"].shape)
     if shape != tuple(image_shape):
       raise DataError(f"dataset '{data_config.name}' has images of shape {shape}, "
-                       f"the model takes {tuple(image_shape)}")
+                      f"the model takes {tuple(image_shape)}")
     size = _split_size(builder, split)
     self._images = builder.as_dataset(split=split, shuffle_files=False).map(
         lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE).cache()
@@ -131,7 +131,7 @@ class TrainData:
     self.steps_per_epoch = self.num_examples // global_batch
     if self.steps_per_epoch == 0:
       raise DataError(f"split '{split}' of '{data_config.name}' has {self.num_examples} "
-                       f"examples, fewer than one batch of {global_batch}")
+                      f"examples, fewer than one batch of {global_batch}")
     self.global_batch = global_batch
     self.seed = seed
     self.mesh = mesh

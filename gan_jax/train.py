@@ -195,7 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   writer = outputs.MetricWriter(workdir)
   pixel_range = tuple(config.data.pixel_range)
 
-  pending: list[dict[str, jax.Array]] = []
+  pending: list[dict[str, jax.Array]] = []   # on device, not yet checked
+  checked: list[dict[str, np.ndarray]] = []   # on host, finite, not yet logged
   t_last, step_last = time.perf_counter(), start
   bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
              disable=not config.progress_bar)
@@ -211,12 +212,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
       if log_now or save_now:
         # The only host syncs: every step's metrics are checked before a log
         # line or a checkpoint, so a diverged state is never saved.
-        host = jax.device_get(pending)
-        for i, m in enumerate(host):
-          outputs.check_finite(done - len(host) + i + 1, m)
-      if log_now:
+        for i, m in enumerate(jax.device_get(pending)):
+          outputs.check_finite(done - len(pending) + i + 1, m)
+          checked.append(m)
         pending = []
-        row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      if log_now:
+        row = {k: float(np.mean([m[k] for m in checked])) for k in checked[0]}
+        checked = []
         now = time.perf_counter()
         row["steps_per_sec"] = (done - step_last) / (now - t_last)
         row["images_per_sec"] = row["steps_per_sec"] * config.batch_size

@@ -30,6 +30,26 @@ def small_config(**overrides):
   return cfg
 
 
+def make_idx_data(sizes: dict, seed: int = 0) -> dict:
+  """{split: (uint8 images (n, 28, 28), uint8 labels (n,))} of random MNIST-style data."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  return {split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                  rng.integers(0, 10, (n,), dtype=np.uint8))
+          for split, n in sizes.items()}
+
+
+def write_idx_folder(folder, data: dict, suffix: str = ".gz"):
+  """Writes `data` as the four standard IDX files of an MNIST-style folder."""
+  from gan_jax import idx
+  folder.mkdir(parents=True, exist_ok=True)
+  for split, (images, labels) in data.items():
+    image_name, label_name = idx.IDX_FILES[split]
+    idx.write_idx(folder / f"{image_name}{suffix}", images)
+    idx.write_idx(folder / f"{label_name}{suffix}", labels)
+  return folder
+
+
 @pytest.fixture
 def small_cfg():
   return small_config()

@@ -5,7 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gan_jax import data, idx, train
+from gan_jax import data, train
+from conftest import make_idx_data, write_idx_folder
 
 N_TRAIN, N_TEST, BATCH = 24, 8, 8
 
@@ -13,16 +14,9 @@ N_TRAIN, N_TEST, BATCH = 24, 8, 8
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
-  rng = np.random.default_rng(0)
-  folder = root / "idx"
-  folder.mkdir()
-  images = rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8)
-  for prefix, imgs in (("train", images),
-                       ("t10k", rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8))):
-    idx.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", imgs)
-    idx.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz",
-                  rng.integers(0, 10, (len(imgs),), dtype=np.uint8))
-  return root, folder, images
+  arrays = make_idx_data({"train": N_TRAIN, "test": N_TEST})
+  folder = write_idx_folder(root / "idx", arrays)
+  return root, folder, arrays["train"][0]
 
 
 def _source(prepared, seed=0, pixel_range=(-1.0, 1.0), split="train", shape=(28, 28, 1)):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gan_jax import idx
+from conftest import make_idx_data, write_idx_folder
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -16,21 +17,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _make_data(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  rng = np.random.default_rng(seed)
-  return {
-      split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-              rng.integers(0, 10, (n,), dtype=np.uint8))
-      for split, n in SIZES.items()
-  }
-
-
-def _write_folder(folder: Path, data, suffix: str = ".gz") -> Path:
-  folder.mkdir(parents=True, exist_ok=True)
-  for split, (images, labels) in data.items():
-    image_name, label_name = idx.IDX_FILES[split]
-    idx.write_idx(folder / f"{image_name}{suffix}", images)
-    idx.write_idx(folder / f"{label_name}{suffix}", labels)
-  return folder
+  return make_idx_data(SIZES, seed)
 
 
 def _pairs(images: np.ndarray, labels: np.ndarray) -> list[tuple[bytes, int]]:
@@ -138,8 +125,8 @@ def test_read_idx_corrupt_gzip(tmp_path, damage):
 
 def test_find_idx_files_prefers_gz_and_lists_all_missing(tmp_path):
   data = _make_data()
-  _write_folder(tmp_path, data, suffix="")
-  _write_folder(tmp_path, {"train": data["train"]}, suffix=".gz")
+  write_idx_folder(tmp_path, data, suffix="")
+  write_idx_folder(tmp_path, {"train": data["train"]}, suffix=".gz")
   found = idx.find_idx_files(tmp_path)
   assert found["train"] == (tmp_path / "train-images-idx3-ubyte.gz",
                             tmp_path / "train-labels-idx1-ubyte.gz")
@@ -165,7 +152,7 @@ def test_find_idx_files_missing_folder(tmp_path):
 
 def test_load_idx_folder(tmp_path):
   data = _make_data()
-  loaded = idx.load_idx_folder(_write_folder(tmp_path, data))
+  loaded = idx.load_idx_folder(write_idx_folder(tmp_path, data))
   assert loaded.keys() == data.keys()
   for split in data:
     for got, want in zip(loaded[split], data[split]):
@@ -186,7 +173,7 @@ def test_load_idx_folder_content_errors(tmp_path, bad, match, names):
     data["test"][1][3] = 10
   else:
     data["test"] = (data["test"][0][:0], data["test"][1][:0])
-  _write_folder(tmp_path, data)
+  write_idx_folder(tmp_path, data)
   with pytest.raises(idx.IDXError, match=match) as e:
     idx.load_idx_folder(tmp_path)
   for name in names:
@@ -229,7 +216,7 @@ def test_debian_fashion_mnist_folder():
 
 def test_prepare_round_trip(tmp_path):
   data = _make_data()
-  folder = _write_folder(tmp_path / "idx", data)
+  folder = write_idx_folder(tmp_path / "idx", data)
   data_dir = tmp_path / "tfds"
   builder = idx.prepare_from_idx("fashion_mnist", folder, data_dir)
   assert builder.is_prepared() and builder.name == "fashion_mnist"
@@ -251,7 +238,7 @@ def test_prepare_round_trip(tmp_path):
 
 def test_prepare_uncompressed_mnist(tmp_path):
   data = _make_data(seed=1)
-  folder = _write_folder(tmp_path / "idx", data, suffix="")
+  folder = write_idx_folder(tmp_path / "idx", data, suffix="")
   data_dir = tmp_path / "tfds"
   builder = idx.prepare_from_idx("mnist", folder, data_dir)
   assert type(builder) is tfds.builder_cls("mnist")
@@ -301,7 +288,7 @@ def _break_gzip(folder):
     _break_missing, _break_magic, _break_truncated, _break_count, _break_gzip,
 ])
 def test_prepare_bad_files_write_nothing(tmp_path, breaker):
-  folder = _write_folder(tmp_path / "idx", _make_data())
+  folder = write_idx_folder(tmp_path / "idx", _make_data())
   file_name, match = breaker(folder)
   data_dir = tmp_path / "tfds"
   with pytest.raises(idx.IDXError, match=match) as e:
@@ -313,7 +300,7 @@ def test_prepare_bad_files_write_nothing(tmp_path, breaker):
 
 def test_prepare_leftover_variant_folder(tmp_path):
   # TFDS would silently "reuse" this empty folder; we must not report success.
-  folder = _write_folder(tmp_path / "idx", _make_data())
+  folder = write_idx_folder(tmp_path / "idx", _make_data())
   data_dir = tmp_path / "tfds"
   variant = Path(tfds.builder("fashion_mnist", data_dir=data_dir).data_dir)
   variant.mkdir(parents=True)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from gan_jax import checkpointing, cli, data, idx, sampling, train
-from conftest import DEFAULT_EXPERIMENT, small_config
+from conftest import DEFAULT_EXPERIMENT, make_idx_data, small_config, write_idx_folder
 
 
 @pytest.fixture(autouse=True)
@@ -109,14 +109,7 @@ def test_cli_overrides_are_applied():
 
 def test_cli_bad_idx_file_is_one_clear_error(tmp_path, capsys):
   """A truncated IDX file stops `train` before anything runs, with one line naming it."""
-  rng = np.random.default_rng(0)
-  folder = tmp_path / "idx"
-  folder.mkdir()
-  for split, n in (("train", 20), ("t10k", 5)):
-    idx.write_idx(folder / f"{split}-images-idx3-ubyte.gz",
-                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-    idx.write_idx(folder / f"{split}-labels-idx1-ubyte.gz",
-                  rng.integers(0, 10, (n,), dtype=np.uint8))
+  folder = write_idx_folder(tmp_path / "idx", make_idx_data({"train": 20, "test": 5}))
   bad = folder / "train-images-idx3-ubyte.gz"
   import gzip
   raw = gzip.decompress(bad.read_bytes())
@@ -142,3 +135,20 @@ def test_invalid_config_rejected_before_training(tmp_path, key, value, message):
   with pytest.raises(ConfigError, match=message):
     train.train_and_evaluate(small_config(**{key: value}), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_divergence_stops_before_checkpointing_it(tmp_path, monkeypatch):
+  """A NaN metric at step 2 stops training with the step and metric named, and
+  the state of that step is not checkpointed (step 1's stays the latest)."""
+  import jax.numpy as jnp
+  from gan_jax import outputs
+  real_step = train.train_step
+  def step_with_nan_g_loss_at_2(state, batch, **kw):
+    new_state, metrics = real_step(state, batch, **kw)
+    metrics["g_loss"] = jnp.where(state.step == 1, jnp.nan, metrics["g_loss"])
+    return new_state, metrics
+  monkeypatch.setattr(train, "train_step", step_with_nan_g_loss_at_2)
+  cfg = small_config(num_steps=4, checkpoint_every=1, log_every=4)
+  with pytest.raises(outputs.DivergenceError, match=r"step 2: g_loss = nan"):
+    _train(cfg, tmp_path)
+  assert checkpointing.Checkpointer(str(tmp_path), 1).manager.all_steps() == [1]
