@@ -12,45 +12,22 @@ Run (from the repository root):
 
 Override any value with --config.KEY=VALUE, e.g. --config.num_epochs=1.
 """
-import ml_collections
+from gan_jax.config import base_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "fashion_mnist"      # a TFDS name
-  c.data.split = "train"
-  c.data.data_dir = ""               # TFDS data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-  c.data.idx_dir = ""                # folder of the 4 IDX .gz files for offline preparation;
-                                     # "" = $GAN_JAX_IDX_DIR or Debian's dataset-fashion-mnist
-  c.data.pixel_range = (-1.0, 1.0)   # images are scaled to this range
-  c.data.shuffle_buffer = 60_000
-
-  c.model = ml_collections.ConfigDict()
+def get_config():
+  c = base_config()
+  c.data.name = "fashion_mnist"
   c.model.name = "dcgan28"
+  c.model.image_size = 28
+  c.model.channels = 1
   c.model.latent_dim = 100
   c.model.g_features = 256
   c.model.d_features = 64
-  c.model.channels = 1
-  c.model.upsample = "phase"         # 'phase' (fast exact) or 'transpose' (nn.ConvTranspose)
-
   c.loss = "non_saturating"
-  c.optim = ml_collections.ConfigDict()
-  c.optim.g_lr = 2e-4
-  c.optim.d_lr = 2e-4
-  c.optim.b1 = 0.5
-  c.optim.b2 = 0.999
-
-  c.batch_size = 64                  # global, split over devices
+  c.optim.g_lr = c.optim.d_lr = 2e-4
+  c.optim.b1, c.optim.b2 = 0.5, 0.999
+  c.batch_size = 64
   c.num_epochs = 3
-  c.num_steps = -1                   # > 0 overrides num_epochs
-
-  c.log_every = 100
   c.sample_every = 500
-  c.num_grid_samples = 64
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.progress_bar = True
   return c

@@ -91,3 +91,77 @@ def apply_overrides(config: ml_collections.ConfigDict,
     with node.unlocked():
       node[leaf] = _parse(key, node[leaf], text)
   return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with its default; experiments start from it
+  and set what they reproduce, so any key can be overridden on any experiment."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"             # 'tfds' (a TFDS name) or 'folder' (an image folder)
+  c.data.name = "fashion_mnist"      # TFDS name
+  c.data.split = "train"
+  c.data.data_dir = ""               # TFDS data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.idx_dir = ""                # folder of the 4 IDX .gz files for offline preparation;
+                                     # "" = $GAN_JAX_IDX_DIR or Debian's dataset-fashion-mnist
+  c.data.folder = ""                 # image folder (source 'folder'): searched recursively
+  c.data.image_size = 0              # resize to this square size; 0 = keep the dataset's size
+  c.data.crop = 0                    # centre crop side before resizing; 0 = none (TFDS)
+                                     # or the largest centred square (folder)
+  c.data.pixel_range = (-1.0, 1.0)   # images are scaled to this range
+  c.data.shuffle_buffer = 60_000
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "dcgan28"           # a name in gan_jax.models.MODELS
+  c.model.image_size = 28
+  c.model.channels = 1
+  c.model.latent_dim = 100
+  c.model.latent_dist = "normal"     # 'normal' N(0, 1) or 'uniform' U(-1, 1)
+  c.model.g_features = 256
+  c.model.d_features = 64
+  c.model.g_norm = "batch"           # 'batch', 'layer' or 'none'
+  c.model.d_norm = "batch"
+  c.model.d_spectral_norm = False
+  c.model.d_dropout = 0.0
+  c.model.g_hidden = (1024, 2048)    # 'mlp' only
+  c.model.d_hidden = (512,)          # 'mlp' only
+  c.model.d_slope = 0.2              # 'mlp' only: D's LeakyReLU slope
+  c.model.upsample = "phase"         # 'phase' (fast exact) or 'transpose' (nn.ConvTranspose)
+
+  c.loss = "non_saturating"          # a name in gan_jax.losses.LOSSES
+  c.penalty = ml_collections.ConfigDict()  # weight of each D penalty; 0 = off
+  c.penalty.gp = 0.0                 # WGAN-GP
+  c.penalty.dragan = 0.0
+  c.penalty.r1 = 0.0                 # gamma of 0.5 * gamma * E||grad D(real)||^2
+  c.penalty.r2 = 0.0
+  c.d_weight_clip = 0.0              # WGAN weight clipping bound; 0 = off
+  c.d_steps = 1                      # D (critic) updates per G update, each on a fresh batch
+  c.real_label = 1.0                 # D's target for real data (0.9: one-sided smoothing)
+  c.real_label_noise = 0.0           # + noise * U(0, 1) per example (noisy labels)
+  c.ema_decay = 0.0                  # EMA of G's params, used for samples; 0 = off
+  c.ema_start = 0                    # steps before the EMA starts averaging
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"              # 'adam' or 'rmsprop'
+  c.optim.g_lr = 2e-4
+  c.optim.d_lr = 2e-4                # TTUR: a different D learning rate
+  c.optim.b1 = 0.5                   # adam
+  c.optim.b2 = 0.999                 # adam
+  c.optim.decay = 0.99               # rmsprop (PyTorch's alpha)
+  c.optim.eps = 1e-8
+
+  c.batch_size = 64                  # global, split over devices
+  c.num_epochs = 3
+  c.num_steps = -1                   # > 0 overrides num_epochs
+
+  c.log_every = 100
+  c.sample_every = 500               # steps; 0 = off
+  c.sample_every_epochs = 0          # epochs; 0 = off
+  c.num_grid_samples = 64
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.export_generator_every_epochs = 0  # G params to generator/; 0 = at the end only
+  c.progress_bar = True
+  return c

@@ -1,10 +1,13 @@
-"""TFDS + tf.data input pipeline.
+"""TFDS / image-folder + tf.data input pipeline.
 
-builder -> seeded shuffle (a new order each epoch) -> normalise to the
-configured pixel range -> global batch (drop_remainder) -> split over the
-devices of the mesh -> prefetch to device. TensorFlow runs on the CPU only.
+source images (uint8, decoded once, cached) -> seeded shuffle (a new order
+each epoch) -> normalise to the configured pixel range -> global batch
+(drop_remainder) -> split over the devices of the mesh -> prefetch to device.
+TensorFlow runs on the CPU only.
 
-Datasets are TFDS names. Where a dataset is not prepared yet, MNIST-style
+A source is a TFDS name (`data.source='tfds'`; optionally centre-cropped and
+resized, e.g. CelebA) or an image folder (`data.source='folder'`, see
+`gan_jax.image_folder`). Where a dataset is not prepared yet, MNIST-style
 datasets are prepared offline from local IDX files when a folder is known
 (`data.idx_dir`, $GAN_JAX_IDX_DIR, or Debian's dataset package); otherwise
 TFDS downloads them as usual.
@@ -24,14 +27,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gan_jax import idx
+from gan_jax import idx, image_folder
+from gan_jax.errors import DataError  # noqa: F401  (re-exported: data.DataError)
 
 # TensorFlow must not take GPU memory from JAX.
 tf.config.set_visible_devices([], "GPU")
-
-
-class DataError(ValueError):
-  """The dataset cannot serve this experiment (missing, wrong split or shape)."""
 
 
 def resolve_data_dir(data_dir: str) -> str:
@@ -108,41 +108,93 @@ def _split_size(builder, split: str) -> int | None:
                     f"splits: {sorted(splits)}") from e
 
 
+def tfds_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int | None]:
+  """uint8 images of a TFDS split (and the split's size where TFDS records one)."""
+  builder = prepared_builder(data_config)
+  shape = tuple(builder.info.features["image"].shape)
+  size = _split_size(builder, data_config.split)
+  ds = builder.as_dataset(split=data_config.split, shuffle_files=False).map(
+      lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
+  if data_config.image_size or data_config.crop:
+    side = data_config.image_size or image_shape[0]
+    ds = ds.map(lambda x: image_folder.crop_and_resize(x, side, data_config.crop),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    shape = (side, side, shape[-1])
+  if shape != tuple(image_shape):
+    how = (f"cropped/resized to {shape} (data.image_size={data_config.image_size}, "
+           f"data.crop={data_config.crop})" if data_config.image_size or data_config.crop
+           else f"of shape {shape}")
+    raise DataError(f"dataset '{data_config.name}' has images {how}, but the model "
+                    f"takes {tuple(image_shape)} (model.image_size, model.channels)")
+  return ds.cache(), size
+
+
+def folder_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int]:
+  """uint8 images of an image folder, resized to data.image_size."""
+  if not data_config.folder:
+    raise DataError("data.source='folder' needs data.folder=PATH")
+  side = data_config.image_size or image_shape[0]
+  if (side, side, image_shape[2]) != tuple(image_shape):
+    raise DataError(f"images from {data_config.folder} are resized to {side}x{side} "
+                    f"(data.image_size), but the model takes {image_shape[0]}x{image_shape[1]} "
+                    f"(model.image_size)")
+  return image_folder.load_image_folder(data_config.folder, side, image_shape[2],
+                                        crop=data_config.crop)
+
+
+SOURCES = {"tfds": tfds_images, "folder": folder_images}
+
+
 class TrainData:
-  """Training images of one TFDS split, batched for the mesh.
+  """Training images of one source, batched for the mesh.
 
   The epoch order depends only on (seed, epoch), so a run resumed at step s
-  sees the batches an uninterrupted run sees from step s on.
+  sees the batches an uninterrupted run sees from step s on. A step takes
+  `batches_per_step` consecutive global batches (one per D update).
   """
 
   def __init__(self, data_config: Any, global_batch: int, seed: int,
-               mesh: jax.sharding.Mesh, image_shape: tuple[int, int, int]):
-    builder = prepared_builder(data_config)
-    split = data_config.split
-    shape = tuple(builder.info.features["image"].shape)
-    if shape != tuple(image_shape):
-      raise DataError(f"dataset '{data_config.name}' has images of shape {shape}, "
-                      f"the model takes {tuple(image_shape)}")
-    size = _split_size(builder, split)
-    self._images = builder.as_dataset(split=split, shuffle_files=False).map(
-        lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE).cache()
+               mesh: jax.sharding.Mesh, image_shape: tuple[int, int, int],
+               batches_per_step: int = 1):
+    if data_config.source not in SOURCES:
+      raise DataError(f"unknown data.source {data_config.source!r}; valid: {sorted(SOURCES)}")
+    self._images, size = SOURCES[data_config.source](data_config, tuple(image_shape))
     self.num_examples = size if size is not None else int(
         self._images.reduce(0, lambda n, _: n + 1))
-    self.steps_per_epoch = self.num_examples // global_batch
+    self.step_batch = global_batch * batches_per_step
+    self.steps_per_epoch = self.num_examples // self.step_batch
     if self.steps_per_epoch == 0:
-      raise DataError(f"split '{split}' of '{data_config.name}' has {self.num_examples} "
-                      f"examples, fewer than one batch of {global_batch}")
+      raise DataError(f"the data ({self.describe(data_config)}) has {self.num_examples} "
+                      f"examples, fewer than one step's {batches_per_step} batch(es) of "
+                      f"{global_batch}")
     self.global_batch = global_batch
+    self.batches_per_step = batches_per_step
     self.seed = seed
     self.mesh = mesh
     self.config = data_config
+
+  @staticmethod
+  def describe(data_config) -> str:
+    if data_config.source == "folder":
+      return f"folder {data_config.folder}"
+    return f"split '{data_config.split}' of '{data_config.name}'"
+
+  def _device_major(self, x: tf.Tensor) -> tf.Tensor:
+    """(k batches of B) -> rows ordered so that each device's contiguous
+    shard holds its B/N rows of each of the k batches, in order."""
+    k, n = self.batches_per_step, self.mesh.devices.size
+    x = tf.reshape(x, [k, n, self.global_batch // n, *x.shape[1:]])
+    x = tf.transpose(x, [1, 0, 2, *range(3, len(x.shape))])
+    return tf.reshape(x, [k * self.global_batch, *x.shape[3:]])
 
   def epoch(self, epoch: int) -> tf.data.Dataset:
     """One epoch of normalised global batches in the (seed, epoch) order."""
     # One fixed order per (seed, epoch): the epoch can be rebuilt on resume.
     ds = self._images.shuffle(min(self.config.shuffle_buffer, self.num_examples),
                               seed=self.seed * 100_003 + epoch, reshuffle_each_iteration=False)
-    ds = ds.batch(self.global_batch, drop_remainder=True)
+    ds = ds.batch(self.step_batch, drop_remainder=True)
+    if self.batches_per_step > 1:
+      ds = ds.map(self._device_major, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda x: normalise(x, self.config.pixel_range),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,11 +1,13 @@
 """What a run leaves in its work directory: metrics (JSON lines and
-TensorBoard events), sample grids and the loss curve."""
+TensorBoard events), sample grids, the loss curve and exported generators."""
 from __future__ import annotations
 
 import json
 import math
 import os
 
+import flax.serialization
+import jax
 import numpy as np
 
 
@@ -101,3 +103,13 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
   fig.tight_layout()
   fig.savefig(png_path, dpi=100)
   plt.close(fig)
+
+
+def export_generator(path: str, variables: dict) -> None:
+  """G's variables alone (params + batch_stats) as a Flax msgpack file: the
+  artefact to share or load without the training state; restore it with
+  `flax.serialization.from_bytes(g.init(...), open(path, 'rb').read())`."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "wb") as f:
+    f.write(flax.serialization.to_bytes(jax.device_get(variables)))
+  os.replace(path + ".tmp", path)

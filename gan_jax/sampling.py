@@ -21,7 +21,7 @@ def write_samples(config: ml_collections.ConfigDict, workdir: str, num: int,
   ckpt = checkpointing.Checkpointer(workdir, keep=1, read_only=True)
   state = ckpt.restore(train.init_state(config, c, mesh), step=step)
   step = int(state.step)
-  z = jax.random.normal(jax.random.PRNGKey(seed), (num, config.model.latent_dim))
+  z = train.sample_latents(jax.random.PRNGKey(seed), num, c)
   images = np.asarray(train.make_generate(c)(state, z))
   out = os.path.join(workdir, "samples")
   os.makedirs(out, exist_ok=True)

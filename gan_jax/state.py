@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gan_jax.config import ConfigError
+
 
 @flax.struct.dataclass
 class GANState:
@@ -21,6 +23,7 @@ class GANState:
   rng: jax.Array           # raw uint32 PRNG key; step keys are fold_in(rng, step)
   g_params: Any
   d_params: Any
+  g_ema_params: Any        # exponential moving average of g_params (samples use it)
   g_batch_stats: Any
   d_batch_stats: Any
   g_opt_state: optax.OptState
@@ -28,10 +31,17 @@ class GANState:
 
 
 def make_optimizers(optim_config: Any) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """Adam for G and D with separate learning rates (TTUR when they differ)."""
-  def adam(lr):
-    return optax.adam(lr, b1=optim_config.b1, b2=optim_config.b2)
-  return adam(optim_config.g_lr), adam(optim_config.d_lr)
+  """The configured optimiser for G and for D, with separate learning rates
+  (TTUR when they differ)."""
+  o = optim_config
+  makers = {
+      "adam": lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps),
+      # PyTorch's RMSprop (the WGAN reference): eps added outside the sqrt.
+      "rmsprop": lambda lr: optax.rmsprop(lr, decay=o.decay, eps=o.eps, eps_in_sqrt=False),
+  }
+  if o.name not in makers:
+    raise ConfigError(f"unknown optimiser optim.name={o.name!r}; valid: {sorted(makers)}")
+  return makers[o.name](o.g_lr), makers[o.name](o.d_lr)
 
 
 def create_state(seed: int, g: nn.Module, d: nn.Module, g_tx: optax.GradientTransformation,
@@ -44,6 +54,6 @@ def create_state(seed: int, g: nn.Module, d: nn.Module, g_tx: optax.GradientTran
   d_vars = d.init(d_key, jnp.zeros((2, *image_shape), jnp.float32), train=False)
   return GANState(
       step=jnp.zeros((), jnp.int32), rng=rng,
-      g_params=g_vars["params"], d_params=d_vars["params"],
+      g_params=g_vars["params"], d_params=d_vars["params"], g_ema_params=g_vars["params"],
       g_batch_stats=g_vars.get("batch_stats", {}), d_batch_stats=d_vars.get("batch_stats", {}),
       g_opt_state=g_tx.init(g_vars["params"]), d_opt_state=d_tx.init(d_vars["params"]))

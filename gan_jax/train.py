@@ -38,75 +38,176 @@ class Components:
   d: Any
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
-  loss: losses.AdversarialLoss
+  loss: losses.Loss
+  penalties: tuple[tuple[str, float], ...]   # (name in losses.PENALTIES, weight > 0)
   latent_dim: int
+  latent_dist: str
   image_shape: tuple[int, int, int]
+  d_steps: int = 1
+  d_weight_clip: float = 0.0
+  real_label: float = 1.0
+  real_label_noise: float = 0.0
+  ema_decay: float = 0.0
+  ema_start: int = 0
+
+  @property
+  def smooth_labels(self) -> bool:
+    return self.real_label != 1.0 or self.real_label_noise != 0.0
+
+
+LATENT_DISTS = ("normal", "uniform")
 
 
 def build_components(config: ml_collections.ConfigDict) -> Components:
-  g, d = models.build_models(config.model, axis_name=AXIS)
+  g, d = models.build_models(config.model, config.data.pixel_range, axis_name=AXIS)
   g_tx, d_tx = make_optimizers(config.optim)
-  return Components(g=g, d=d, g_tx=g_tx, d_tx=d_tx, loss=losses.get_loss(config.loss),
-                    latent_dim=config.model.latent_dim,
-                    image_shape=models.image_shape(config.model))
+  penalties = tuple((name, float(w)) for name, w in config.penalty.items() if w)
+  for name, w in penalties:
+    if name not in losses.PENALTIES:
+      raise ConfigError(f"unknown penalty {name!r}; registered: {sorted(losses.PENALTIES)}")
+    if w < 0:
+      raise ConfigError(f"penalty.{name} must be >= 0, got {w}")
+  c = Components(
+      g=g, d=d, g_tx=g_tx, d_tx=d_tx, loss=losses.get_loss(config.loss), penalties=penalties,
+      latent_dim=config.model.latent_dim, latent_dist=config.model.latent_dist,
+      image_shape=models.image_shape(config.model), d_steps=config.d_steps,
+      d_weight_clip=config.d_weight_clip, real_label=config.real_label,
+      real_label_noise=config.real_label_noise, ema_decay=config.ema_decay,
+      ema_start=config.ema_start)
+  if c.smooth_labels and not losses.takes_real_target(c.loss):
+    raise ConfigError(f"loss {config.loss!r} has no real-label target, so real_label / "
+                      f"real_label_noise (label smoothing) cannot apply; losses that take one: "
+                      f"{sorted(n for n, f in losses.LOSSES.items() if losses.takes_real_target(f))}")
+  if c.latent_dist not in LATENT_DISTS:
+    raise ConfigError(f"model.latent_dist must be one of {LATENT_DISTS}, got {c.latent_dist!r}")
+  if c.d_steps < 1:
+    raise ConfigError(f"d_steps must be >= 1, got {c.d_steps}")
+  if not 0.0 <= c.ema_decay < 1.0:
+    raise ConfigError(f"ema_decay must be in [0, 1), got {c.ema_decay}")
+  return c
+
+
+def sample_latents(key: jax.Array, n: int, c: Components) -> jax.Array:
+  if c.latent_dist == "uniform":
+    return jax.random.uniform(key, (n, c.latent_dim), minval=-1.0, maxval=1.0)
+  return jax.random.normal(key, (n, c.latent_dim))
+
+
+def _local_rows(key, draw, b: int, axis_name: str):
+  """`draw(key, n)` for the global batch, then this device's `b` rows: N
+  devices draw exactly the numbers one device would."""
+  rows = draw(key, b * jax.lax.psum(1, axis_name))
+  return jax.lax.dynamic_slice_in_dim(rows, jax.lax.axis_index(axis_name) * b, b)
 
 
 def train_step(state: GANState, batch: jax.Array, *, c: Components,
                axis_name: str = AXIS) -> tuple[GANState, dict[str, jax.Array]]:
-  """One D update then one G update, on this device's shard of the batch."""
-  b = batch.shape[0]
-  # Noise for the global batch from the step's key; each device takes its rows,
-  # so N devices draw exactly the noise one device would.
+  """`c.d_steps` D updates, each on its own slice of the batch, then one G
+  update, on this device's shard. The batch holds `d_steps` consecutive
+  critic batches: its rows are (d_steps, per-device batch) in order."""
+  b = batch.shape[0] // c.d_steps
+  reals = batch.reshape(c.d_steps, b, *batch.shape[1:])
   key = jax.random.fold_in(state.rng, state.step)
-  z = jax.random.normal(key, (b * jax.lax.psum(1, axis_name), c.latent_dim))
-  z = jax.lax.dynamic_slice_in_dim(z, jax.lax.axis_index(axis_name) * b, b)
+  z_key, drop_key, pen_key, label_key = jax.random.split(key, 4)
+  # Dropout masks are per device (a device's rows only).
+  drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(axis_name))
+  latents = lambda i: _local_rows(jax.random.fold_in(z_key, i),
+                                  lambda k, n: sample_latents(k, n, c), b, axis_name)
   # Replicated params are "invariant" to shard_map; gradients taken w.r.t.
   # invariant values come back already summed over devices. Marking them
   # per-device ("varying") gives per-device gradients, averaged by pmean below.
   local = lambda tree: jax.lax.pcast(tree, axis_name, to="varying")
 
-  def generate(g_params):
-    fake, upd = c.g.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
+  def generate(g_params, g_stats, z):
+    fake, upd = c.g.apply({"params": g_params, "batch_stats": g_stats}, z,
                           train=True, mutable=["batch_stats"])
-    return fake, upd["batch_stats"]
-  # One G forward serves both updates (as in PyTorch's DCGAN): D sees it
-  # without gradient, G backpropagates through it with the saved VJP.
-  fake, g_vjp, g_batch_stats = jax.vjp(generate, local(state.g_params), has_aux=True)
+    return fake, upd.get("batch_stats", {})
 
-  def d_objective(d_params):
-    real_logits, upd = c.d.apply({"params": d_params, "batch_stats": state.d_batch_stats},
-                                 batch, train=True, mutable=["batch_stats"])
-    fake_logits, upd = c.d.apply({"params": d_params, **upd}, jax.lax.stop_gradient(fake),
-                                 train=True, mutable=["batch_stats"])
-    return c.loss.d(real_logits, fake_logits), (upd["batch_stats"], real_logits, fake_logits)
-  (d_loss, (d_batch_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
-      d_objective, has_aux=True)(local(state.d_params))
-  d_grads = jax.lax.pmean(d_grads, axis_name)
-  d_updates, d_opt_state = c.d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
+  def discriminate(d_params, d_stats, x, key):
+    logits, upd = c.d.apply({"params": d_params, "batch_stats": d_stats}, x, train=True,
+                            mutable=["batch_stats"], rngs={"dropout": key})
+    return logits, upd.get("batch_stats", {})
+
+  def loss_terms(real_logits, fake_logits, real_target):
+    kwargs = {"real_target": real_target} if c.smooth_labels else {}
+    return c.loss(real_logits, fake_logits, **kwargs)
+
+  def d_update(d, real, fake, i):
+    """One D update on (real, fake); `d` = (params, opt_state, batch_stats)."""
+    d_params, d_opt_state, d_stats = d
+    k = lambda j: jax.random.fold_in(drop_key, 4 * i + j)
+    real_target = c.real_label + c.real_label_noise * _local_rows(
+        jax.random.fold_in(label_key, i), lambda key, n: jax.random.uniform(key, (n,)),
+        b, axis_name)
+
+    def objective(d_params):
+      real_logits, stats = discriminate(d_params, d_stats, real, k(0))
+      fake_logits, stats = discriminate(d_params, stats, fake, k(1))
+      loss = loss_terms(real_logits, fake_logits, real_target)[0]
+      terms = {"d_adv_loss": loss}
+      # The critic seen by the penalties: train mode, statistics updates dropped.
+      critic = lambda x: discriminate(d_params, stats, x, k(2))[0]
+      for j, (name, weight) in enumerate(c.penalties):
+        value = losses.PENALTIES[name](critic, real, fake, jax.random.fold_in(
+            jax.random.fold_in(pen_key, i), j))
+        terms[f"penalty_{name}"] = value
+        loss = loss + weight * value
+      return loss, (stats, real_logits, fake_logits, terms)
+
+    (loss, (stats, real_logits, fake_logits, terms)), grads = jax.value_and_grad(
+        objective, has_aux=True)(local(d_params))
+    grads = jax.lax.pmean(grads, axis_name)
+    updates, d_opt_state = c.d_tx.update(grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    if c.d_weight_clip:
+      d_params = losses.clip_weights(d_params, c.d_weight_clip)
+    metrics = {"d_loss": loss, "d_real_logit": real_logits.mean(),
+               "d_fake_logit": fake_logits.mean(), **terms,
+               "d_grad_norm": optax.global_norm(grads)}
+    return (d_params, d_opt_state, stats), metrics, real_logits
+
+  d = (state.d_params, state.d_opt_state, state.d_batch_stats)
+  g_stats = state.g_batch_stats
+  if c.d_steps > 1:
+    # The first d_steps - 1 critic updates on fakes drawn without gradient.
+    # Unrolled: a rolled loop over a GAN update is ~45x slower on XLA:CPU.
+    def critic_step(carry, i):
+      d, g_stats = carry
+      fake, g_stats = generate(state.g_params, g_stats, latents(i))
+      d, _, _ = d_update(d, reals[i], fake, i)
+      return (d, g_stats), None
+    (d, g_stats), _ = jax.lax.scan(critic_step, (d, g_stats), jnp.arange(c.d_steps - 1),
+                                   unroll=True)
+  # The last critic update and the G update share one G forward (as PyTorch's
+  # DCGAN does): D sees it without gradient, G backpropagates through the
+  # saved VJP.
+  last = c.d_steps - 1
+  fake, g_vjp, g_stats = jax.vjp(lambda p: generate(p, g_stats, latents(last)),
+                                 local(state.g_params), has_aux=True)
+  (d_params, d_opt_state, d_stats), metrics, real_logits = d_update(
+      d, reals[last], jax.lax.stop_gradient(fake), last)
 
   def g_objective(fake):
-    logits, upd = c.d.apply({"params": d_params, "batch_stats": d_batch_stats}, fake,
-                            train=True, mutable=["batch_stats"])
-    return c.loss.g(logits), upd["batch_stats"]
-  (g_loss, d_batch_stats), fake_grad = jax.value_and_grad(g_objective, has_aux=True)(fake)
+    logits, stats = discriminate(d_params, d_stats, fake, jax.random.fold_in(drop_key, 4 * last + 3))
+    return loss_terms(jax.lax.stop_gradient(real_logits), logits, c.real_label)[1], stats
+  (g_loss, d_stats), fake_grad = jax.value_and_grad(g_objective, has_aux=True)(fake)
   (g_grads,) = g_vjp(fake_grad)
   g_grads = jax.lax.pmean(g_grads, axis_name)
   g_updates, g_opt_state = c.g_tx.update(g_grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
+  # EMA of G: a copy of G until ema_start, then averaged with ema_decay.
+  decay = jnp.where(state.step >= c.ema_start, c.ema_decay, 0.0)
+  g_ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                              state.g_ema_params, g_params)
 
-  metrics = jax.lax.pmean({
-      "d_loss": d_loss, "g_loss": g_loss,
-      "d_real_logit": real_logits.mean(), "d_fake_logit": fake_logits.mean(),
-  }, axis_name)
-  metrics["d_grad_norm"] = optax.global_norm(d_grads)
-  metrics["g_grad_norm"] = optax.global_norm(g_grads)
+  grad_norms = {"d_grad_norm": metrics.pop("d_grad_norm"), "g_grad_norm": optax.global_norm(g_grads)}
+  metrics = {**jax.lax.pmean({**metrics, "g_loss": g_loss}, axis_name), **grad_norms}
   # Synchronised BatchNorm already made the statistics equal on every device;
   # the pmean only tells shard_map so.
-  g_batch_stats, d_batch_stats = jax.lax.pmean((g_batch_stats, d_batch_stats), axis_name)
+  g_stats, d_stats = jax.lax.pmean((g_stats, d_stats), axis_name)
   new_state = state.replace(
-      step=state.step + 1, g_params=g_params, d_params=d_params,
-      g_batch_stats=g_batch_stats, d_batch_stats=d_batch_stats,
+      step=state.step + 1, g_params=g_params, d_params=d_params, g_ema_params=g_ema_params,
+      g_batch_stats=g_stats, d_batch_stats=d_stats,
       g_opt_state=g_opt_state, d_opt_state=d_opt_state)
   return new_state, metrics
 
@@ -133,18 +234,23 @@ def init_state(config: ml_collections.ConfigDict, c: Components, mesh) -> GANSta
   return replicate(state, mesh)
 
 
+def generator_variables(state: GANState) -> dict[str, Any]:
+  """G's variables for sampling: the EMA params (a copy of G's own params
+  when ema_decay is 0) with the running BatchNorm statistics."""
+  return {"params": state.g_ema_params, "batch_stats": state.g_batch_stats}
+
+
 def make_generate(c: Components):
-  """jitted (state, z) -> images, G in inference mode (running BatchNorm stats)."""
+  """jitted (state, z) -> images, G in inference mode."""
   @jax.jit
   def generate(state: GANState, z: jax.Array) -> jax.Array:
-    return c.g.apply({"params": state.g_params, "batch_stats": state.g_batch_stats}, z,
-                     train=False)
+    return c.g.apply(generator_variables(state), z, train=False)
   return generate
 
 
-def fixed_latents(config: ml_collections.ConfigDict, n: int) -> jax.Array:
+def fixed_latents(config: ml_collections.ConfigDict, c: Components, n: int) -> jax.Array:
   """The same latent batch for every sample grid of a run (GANMonitor)."""
-  return jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.latent_dim))
+  return sample_latents(jax.random.PRNGKey(config.seed + 1), n, c)
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -157,8 +263,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     for key in keys:
       if config[key] <= 0:
         raise ConfigError(f"config key '{key}' must be positive, got {config[key]}")
-  positive("batch_size", "log_every", "sample_every", "checkpoint_every",
-           "keep_checkpoints", "num_grid_samples")
+  positive("batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+           "num_grid_samples")
+  for key in ("sample_every", "sample_every_epochs", "export_generator_every_epochs"):
+    if config[key] < 0:
+      raise ConfigError(f"config key '{key}' must be >= 0 (0 = off), got {config[key]}")
   if config.num_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set num_epochs > 0 or num_steps > 0")
   if config.batch_size % num_devices:
@@ -169,6 +278,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ConfigError(f"data.pixel_range must be (low, high) with low < high, got {(lo, hi)}")
 
 
+def _every(count: int, period: int) -> bool:
+  """True every `period` counts; never when period is 0 (off)."""
+  return period > 0 and count % period == 0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
   """Trains (or resumes) the experiment in `workdir`; returns the final state."""
   mesh = make_mesh()
@@ -176,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   c = build_components(config)
   # The data first: a bad dataset fails before the work directory is touched.
   source = data.TrainData(config.data, config.batch_size, config.seed, mesh,
-                          image_shape=c.image_shape)
+                          image_shape=c.image_shape, batches_per_step=c.d_steps)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -191,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     logging.info("resuming from step %d of %d", start, total)
   step_fn = make_train_step(c, mesh)
   generate = make_generate(c)
-  z_grid = fixed_latents(config, config.num_grid_samples)
+  z_grid = fixed_latents(config, c, config.num_grid_samples)
   writer = outputs.MetricWriter(workdir)
   pixel_range = tuple(config.data.pixel_range)
 
@@ -207,9 +321,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
       pending.append(metrics)
       done = step + 1
       bar.update(1)
+      epoch, epoch_end = divmod(done, source.steps_per_epoch)
+      epoch_end = epoch_end == 0
       log_now = done % config.log_every == 0 or done == total
       save_now = done % config.checkpoint_every == 0 or done == total
-      if log_now or save_now:
+      export_now = done == total or (epoch_end and _every(epoch, config.export_generator_every_epochs))
+      if log_now or save_now or export_now:
         # The only host syncs: every step's metrics are checked before a log
         # line or a checkpoint, so a diverged state is never saved.
         for i, m in enumerate(jax.device_get(pending)):
@@ -221,17 +338,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
         checked = []
         now = time.perf_counter()
         row["steps_per_sec"] = (done - step_last) / (now - t_last)
-        row["images_per_sec"] = row["steps_per_sec"] * config.batch_size
+        row["images_per_sec"] = row["steps_per_sec"] * config.batch_size * c.d_steps
         row["epoch"] = done / source.steps_per_epoch
         t_last, step_last = now, done
         writer.write(done, row)
         bar.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}")
-      if done % config.sample_every == 0 or done == total:
+      if (done == total or _every(done, config.sample_every)
+          or (epoch_end and _every(epoch, config.sample_every_epochs))):
         outputs.save_image_grid(np.asarray(generate(state, z_grid)),
                                 os.path.join(workdir, "samples", f"step_{done:07d}.png"),
                                 pixel_range)
       if save_now:
         ckpt.save(done, state)
+      if export_now:
+        name = "final" if done == total else f"epoch_{epoch:04d}"
+        outputs.export_generator(os.path.join(workdir, "generator", f"{name}.msgpack"),
+                                 generator_variables(state))
   finally:
     bar.close()
     ckpt.close()

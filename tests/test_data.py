@@ -1,11 +1,11 @@
 """The TFDS input pipeline on a real (small) TFDS dataset prepared from generated IDX files."""
 import itertools
 
-import ml_collections
 import numpy as np
 import pytest
 
 from gan_jax import data, train
+from gan_jax.config import base_config
 from conftest import make_idx_data, write_idx_folder
 
 N_TRAIN, N_TEST, BATCH = 24, 8, 8
@@ -21,9 +21,9 @@ def prepared(tmp_path_factory):
 
 def _source(prepared, seed=0, pixel_range=(-1.0, 1.0), split="train", shape=(28, 28, 1)):
   root, folder, _ = prepared
-  cfg = ml_collections.ConfigDict(dict(
-      name="fashion_mnist", split=split, data_dir=str(root / "tfds"), idx_dir=str(folder),
-      pixel_range=pixel_range, shuffle_buffer=1000))
+  cfg = base_config().data
+  cfg.update(dict(name="fashion_mnist", split=split, data_dir=str(root / "tfds"),
+                  idx_dir=str(folder), pixel_range=pixel_range, shuffle_buffer=1000))
   return data.TrainData(cfg, BATCH, seed, train.make_mesh(), image_shape=shape)
 
 

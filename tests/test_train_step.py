@@ -46,14 +46,15 @@ def test_step_matches_plain_single_device_math():
   # Reference D loss and gradient: no axis name, plain jax.grad.
   from gan_jax import models
   g, d = models.build_models(cfg.model)
-  z = jax.random.normal(jax.random.fold_in(s0.rng, 0), (cfg.batch_size, cfg.model.latent_dim))
+  z_key = jax.random.split(jax.random.fold_in(s0.rng, 0), 4)[0]
+  z = jax.random.normal(jax.random.fold_in(z_key, 0), (cfg.batch_size, cfg.model.latent_dim))
   fake, _ = g.apply({"params": s0.g_params, "batch_stats": s0.g_batch_stats}, z,
                     train=True, mutable=["batch_stats"])
   def d_loss(p):
     r, upd = d.apply({"params": p, "batch_stats": s0.d_batch_stats}, batch, train=True,
                      mutable=["batch_stats"])
     f, _ = d.apply({"params": p, **upd}, fake, train=True, mutable=["batch_stats"])
-    return c.loss.d(r, f)
+    return c.loss(r, f)[0]
   loss, grads = jax.value_and_grad(d_loss)(s0.d_params)
   np.testing.assert_allclose(metrics["d_loss"], loss, rtol=1e-5)
   np.testing.assert_allclose(metrics["d_grad_norm"], float(jnp.sqrt(sum(
