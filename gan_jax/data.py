@@ -145,6 +145,17 @@ def folder_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int]:
 SOURCES = {"tfds": tfds_images, "folder": folder_images}
 
 
+def device_major(batch: np.ndarray, batches_per_step: int, num_devices: int) -> np.ndarray:
+  """`batches_per_step` consecutive global batches, stacked -> rows ordered so
+  that each device's contiguous shard holds its rows of each batch in turn
+  (what `train_step` reshapes to (batches_per_step, per-device batch))."""
+  k, n = batches_per_step, num_devices
+  if k == 1:
+    return batch
+  x = batch.reshape(k, n, batch.shape[0] // (k * n), *batch.shape[1:])
+  return x.swapaxes(0, 1).reshape(batch.shape)
+
+
 class TrainData:
   """Training images of one source, batched for the mesh.
 
@@ -179,22 +190,12 @@ class TrainData:
       return f"folder {data_config.folder}"
     return f"split '{data_config.split}' of '{data_config.name}'"
 
-  def _device_major(self, x: tf.Tensor) -> tf.Tensor:
-    """(k batches of B) -> rows ordered so that each device's contiguous
-    shard holds its B/N rows of each of the k batches, in order."""
-    k, n = self.batches_per_step, self.mesh.devices.size
-    x = tf.reshape(x, [k, n, self.global_batch // n, *x.shape[1:]])
-    x = tf.transpose(x, [1, 0, 2, *range(3, len(x.shape))])
-    return tf.reshape(x, [k * self.global_batch, *x.shape[3:]])
-
   def epoch(self, epoch: int) -> tf.data.Dataset:
     """One epoch of normalised global batches in the (seed, epoch) order."""
     # One fixed order per (seed, epoch): the epoch can be rebuilt on resume.
     ds = self._images.shuffle(min(self.config.shuffle_buffer, self.num_examples),
                               seed=self.seed * 100_003 + epoch, reshuffle_each_iteration=False)
     ds = ds.batch(self.step_batch, drop_remainder=True)
-    if self.batches_per_step > 1:
-      ds = ds.map(self._device_major, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda x: normalise(x, self.config.pixel_range),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -202,7 +203,8 @@ class TrainData:
   def host_batches(self, start_step: int = 0) -> Iterator[np.ndarray]:
     epoch, skip = divmod(start_step, self.steps_per_epoch)
     while True:
-      yield from self.epoch(epoch).skip(skip).as_numpy_iterator()
+      for batch in self.epoch(epoch).skip(skip).as_numpy_iterator():
+        yield device_major(batch, self.batches_per_step, self.mesh.devices.size)
       epoch, skip = epoch + 1, 0
 
   def batches(self, start_step: int = 0) -> Iterator[jax.Array]:

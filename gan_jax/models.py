@@ -90,7 +90,7 @@ class Conv(NamedTuple):
 
 def _apply_conv(spec: Conv, x, *, train, axis_name, upsample="phase", spectral_norm=False):
   use_bias = spec.norm == "none" if spec.bias is None else spec.bias
-  cls = upsample_layer(upsample) if spec.transpose else nn.Conv
+  cls = upsample_layer(upsample) if spec.transpose else layers.Conv
   conv = cls(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride), "SAME",
              use_bias=use_bias, kernel_init=dcgan_init)
   x = nn.SpectralNorm(conv)(x, update_stats=train) if spectral_norm else conv(x)

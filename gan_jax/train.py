@@ -109,8 +109,10 @@ def train_step(state: GANState, batch: jax.Array, *, c: Components,
   reals = batch.reshape(c.d_steps, b, *batch.shape[1:])
   key = jax.random.fold_in(state.rng, state.step)
   z_key, drop_key, pen_key, label_key = jax.random.split(key, 4)
-  # Dropout masks are per device (a device's rows only).
-  drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(axis_name))
+  # Dropout masks and penalty draws (interpolation weights, perturbations)
+  # are per device: each device draws for its own rows, with its own key.
+  drop_key, pen_key = (jax.random.fold_in(k, jax.lax.axis_index(axis_name))
+                       for k in (drop_key, pen_key))
   latents = lambda i: _local_rows(jax.random.fold_in(z_key, i),
                                   lambda k, n: sample_latents(k, n, c), b, axis_name)
   # Replicated params are "invariant" to shard_map; gradients taken w.r.t.

@@ -53,3 +53,32 @@ def write_idx_folder(folder, data: dict, suffix: str = ".gz"):
 @pytest.fixture
 def small_cfg():
   return small_config()
+
+
+@pytest.fixture
+def no_local_idx_files(monkeypatch):
+  """Mocked TFDS stands in for the dataset and its download: hide any local IDX
+  folder (such as Debian's) and skip the source-reachability check, so data
+  preparation takes TFDS's own (mocked) download route."""
+  from gan_jax import data, idx
+  monkeypatch.delenv(idx.ENV_VAR, raising=False)
+  for name in idx.DEBIAN_IDX_DIRS:
+    monkeypatch.setitem(idx.DEBIAN_IDX_DIRS, name, ())
+  monkeypatch.setattr(data, "_check_reachable", lambda url: None)
+
+
+def write_image_folder(folder, n: int, seed: int = 0, bad: int = 0):
+  """`n` random RGB photos of assorted sizes and formats in nested folders,
+  plus `bad` corrupt files."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  for i in range(n):
+    sub = folder / f"part{i % 3}"
+    sub.mkdir(parents=True, exist_ok=True)
+    h, w = rng.integers(40, 120, 2)
+    image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    image.save(sub / f"img{i}.{('jpg', 'png', 'webp')[i % 3]}")
+  for i in range(bad):
+    (folder / f"broken{i}.jpg").write_bytes(b"not a jpeg")
+  return folder

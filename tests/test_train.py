@@ -11,14 +11,7 @@ from gan_jax import checkpointing, cli, data, idx, sampling, train
 from conftest import DEFAULT_EXPERIMENT, make_idx_data, small_config, write_idx_folder
 
 
-@pytest.fixture(autouse=True)
-def no_local_idx_files(monkeypatch):
-  """Mocked TFDS stands in for the dataset and its download: hide any local IDX
-  folder (such as Debian's) and skip the source-reachability check, so data
-  preparation takes TFDS's own (mocked) download route."""
-  monkeypatch.delenv(idx.ENV_VAR, raising=False)
-  monkeypatch.setitem(idx.DEBIAN_IDX_DIRS, "fashion_mnist", ())
-  monkeypatch.setattr(data, "_check_reachable", lambda url: None)
+pytestmark = pytest.mark.usefixtures("no_local_idx_files")
 
 
 def _train(cfg, workdir, num_examples=64):
@@ -152,3 +145,37 @@ def test_divergence_stops_before_checkpointing_it(tmp_path, monkeypatch):
   with pytest.raises(outputs.DivergenceError, match=r"step 2: g_loss = nan"):
     _train(cfg, tmp_path)
   assert checkpointing.Checkpointer(str(tmp_path), 1).manager.all_steps() == [1]
+
+
+COLOR64 = os.path.join(os.path.dirname(DEFAULT_EXPERIMENT), "dcgan_color64.py")
+
+
+def test_folder_size_that_does_not_fit_the_model_names_both(tmp_path):
+  from conftest import write_image_folder
+  from gan_jax.config import apply_overrides, load_config
+  folder = write_image_folder(tmp_path / "photos", 3)
+  cfg = apply_overrides(load_config(COLOR64), {"data.folder": str(folder),
+                                               "data.image_size": "48"})
+  with pytest.raises(data.DataError, match=r"48x48 \(data.image_size\).*64x64 \(model.image_size\)"):
+    train.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_folder_without_readable_images_is_one_line_error(tmp_path, capsys):
+  (tmp_path / "photos").mkdir()
+  (tmp_path / "photos" / "a.jpg").write_bytes(b"garbage")
+  (tmp_path / "photos" / "notes.txt").write_text("hello")
+  rc = cli.main(["train", "--config", COLOR64, "--workdir", str(tmp_path / "w"),
+                 f"--config.data.folder={tmp_path / 'photos'}"])
+  err = capsys.readouterr().err.strip()
+  assert rc == 1 and err.startswith("gan-jax: error: no readable images") and "\n" not in err
+  assert "1 undecodable" in err and "1 not images" in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_tfds_image_shape_that_does_not_fit_the_model_names_both(tmp_path):
+  cfg = small_config(**{"data.name": "cifar10"})
+  with tfds.testing.mock_data(num_examples=16):
+    with pytest.raises(data.DataError, match=r"\(32, 32, 3\).*\(28, 28, 1\)"):
+      train.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
