@@ -136,9 +136,9 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
   return y[:, :ph.out_len, :pw.out_len]
 
 
-class ConvTranspose(nn.Module):
-  """Drop-in for `flax.linen.ConvTranspose` on NHWC inputs (2-D, no dilation,
-  transpose_kernel=False): same parameter names and shapes, same output."""
+class _ConvLike(nn.Module):
+  """The parameters and call of `flax.linen.Conv`/`ConvTranspose` on NHWC
+  inputs (2-D, no dilation); subclasses say how to compute the convolution."""
   features: int
   kernel_size: int | Sequence[int]
   strides: int | Sequence[int] = 1
@@ -149,20 +149,31 @@ class ConvTranspose(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
 
+  def compute(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+    raise NotImplementedError
+
   @nn.compact
   def __call__(self, x: Array) -> Array:
     ks = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
     st = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     if x.ndim != 4 or len(ks) != 2 or len(st) != 2:
-      raise ValueError(f"ConvTranspose expects NHWC input and 2-D kernel/strides, got "
+      raise ValueError(f"{type(self).__name__} expects NHWC input and 2-D kernel/strides, got "
                        f"input shape {x.shape}, kernel_size {self.kernel_size}, strides {self.strides}")
     kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features),
                         self.param_dtype)
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = phase_conv_transpose(x, kernel, st, self.padding)
+    y = self.compute(x, kernel, st)
     return y + bias if bias is not None else y
+
+
+class ConvTranspose(_ConvLike):
+  """Drop-in for `flax.linen.ConvTranspose` on NHWC inputs (2-D, no dilation,
+  transpose_kernel=False): same parameter names and shapes, same output."""
+
+  def compute(self, x, kernel, strides):
+    return phase_conv_transpose(x, kernel, strides, self.padding)
 
 
 def im2col_conv(x: Array, kernel: Array, strides: Sequence[int], padding="SAME") -> Array:
@@ -191,40 +202,19 @@ def im2col_conv(x: Array, kernel: Array, strides: Sequence[int], padding="SAME")
   return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
-# Below this many input channels an XLA convolution is as fast as im2col;
-# above it im2col's derivatives are much faster (WGAN-GP step 1.6 s -> 0.6 s).
+# With few input or output channels an XLA convolution is as fast as im2col
+# (and im2col's patches would be large for little work); with many of both,
+# im2col's derivatives are much faster (WGAN-GP step 1.6 s -> 0.6 s).
 _MIN_IM2COL_CHANNELS = 32
 
 
-class Conv(nn.Module):
+class Conv(_ConvLike):
   """Drop-in for `flax.linen.Conv` on NHWC inputs (2-D, no dilation, one
-  group): same parameter names and shapes, same output; wide inputs are
-  computed by `im2col_conv`."""
-  features: int
-  kernel_size: int | Sequence[int]
-  strides: int | Sequence[int] = 1
-  padding: Any = "SAME"
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros_init()
+  group): same parameter names and shapes, same output; wide layers (many
+  input and output channels) are computed by `im2col_conv`."""
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    ks = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-    st = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    if x.ndim != 4 or len(ks) != 2 or len(st) != 2:
-      raise ValueError(f"Conv expects NHWC input and 2-D kernel/strides, got input shape "
-                       f"{x.shape}, kernel_size {self.kernel_size}, strides {self.strides}")
-    kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if x.shape[-1] >= _MIN_IM2COL_CHANNELS:
-      y = im2col_conv(x, kernel, st, self.padding)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, st, self.padding,
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias if bias is not None else y
+  def compute(self, x, kernel, strides):
+    if x.shape[-1] >= _MIN_IM2COL_CHANNELS and kernel.shape[-1] > _MAX_CONV_FEATURES:
+      return im2col_conv(x, kernel, strides, self.padding)
+    return jax.lax.conv_general_dilated(x, kernel, strides, self.padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
