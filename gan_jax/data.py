@@ -115,15 +115,15 @@ def tfds_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int | N
   size = _split_size(builder, data_config.split)
   ds = builder.as_dataset(split=data_config.split, shuffle_files=False).map(
       lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
-  if data_config.image_size or data_config.crop:
+  resize = bool(data_config.image_size or data_config.crop)
+  if resize:
     side = data_config.image_size or image_shape[0]
     ds = ds.map(lambda x: image_folder.crop_and_resize(x, side, data_config.crop),
                 num_parallel_calls=tf.data.AUTOTUNE)
     shape = (side, side, shape[-1])
   if shape != tuple(image_shape):
     how = (f"cropped/resized to {shape} (data.image_size={data_config.image_size}, "
-           f"data.crop={data_config.crop})" if data_config.image_size or data_config.crop
-           else f"of shape {shape}")
+           f"data.crop={data_config.crop})" if resize else f"of shape {shape}")
     raise DataError(f"dataset '{data_config.name}' has images {how}, but the model "
                     f"takes {tuple(image_shape)} (model.image_size, model.channels)")
   return ds.cache(), size

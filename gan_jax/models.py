@@ -88,12 +88,18 @@ class Conv(NamedTuple):
   bias: bool | None = None
 
 
+def _spectral(layer: nn.Module, x: jax.Array, train: bool, on: bool) -> jax.Array:
+  """`layer(x)`, with its weights spectrally normalised when `on` (the power
+  iteration's vectors update in training only)."""
+  return nn.SpectralNorm(layer)(x, update_stats=train) if on else layer(x)
+
+
 def _apply_conv(spec: Conv, x, *, train, axis_name, upsample="phase", spectral_norm=False):
   use_bias = spec.norm == "none" if spec.bias is None else spec.bias
   cls = upsample_layer(upsample) if spec.transpose else layers.Conv
   conv = cls(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride), "SAME",
              use_bias=use_bias, kernel_init=dcgan_init)
-  x = nn.SpectralNorm(conv)(x, update_stats=train) if spectral_norm else conv(x)
+  x = _spectral(conv, x, train, spectral_norm)
   x = activate(normalise(x, spec.norm, train, axis_name), spec.act, spec.slope)
   if spec.dropout:
     x = nn.Dropout(spec.dropout, deterministic=not train)(x)
@@ -156,8 +162,7 @@ class ConvDiscriminator(nn.Module):
 
 
 def _dense_logit(h, train, spectral_norm, batch):
-  dense = nn.Dense(1, kernel_init=dcgan_init)
-  logits = nn.SpectralNorm(dense)(h, update_stats=train) if spectral_norm else dense(h)
+  logits = _spectral(nn.Dense(1, kernel_init=dcgan_init), h, train, spectral_norm)
   chex.assert_shape(logits, (batch, 1))
   return logits[:, 0]
 
@@ -192,9 +197,7 @@ class MLPDiscriminator(nn.Module):
     chex.assert_shape(x, (None, *self.in_shape))
     h = x.reshape(x.shape[0], -1)
     for width in self.hidden:
-      dense = nn.Dense(width)
-      h = nn.SpectralNorm(dense)(h, update_stats=train) if self.spectral_norm else dense(h)
-      h = nn.leaky_relu(h, self.slope)
+      h = nn.leaky_relu(_spectral(nn.Dense(width), h, train, self.spectral_norm), self.slope)
     return _dense_logit(h, train, self.spectral_norm, x.shape[0])
 
 

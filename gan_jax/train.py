@@ -325,8 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
       bar.update(1)
       epoch, epoch_end = divmod(done, source.steps_per_epoch)
       epoch_end = epoch_end == 0
-      log_now = done % config.log_every == 0 or done == total
-      save_now = done % config.checkpoint_every == 0 or done == total
+      log_now = done == total or _every(done, config.log_every)
+      save_now = done == total or _every(done, config.checkpoint_every)
       export_now = done == total or (epoch_end and _every(epoch, config.export_generator_every_epochs))
       if log_now or save_now or export_now:
         # The only host syncs: every step's metrics are checked before a log
