@@ -66,7 +66,8 @@ def test_bad_input_rank():
 
 @pytest.mark.parametrize("cin,cout", [(5, 7), (40, 40)])  # narrow: XLA conv; wide: im2col
 @pytest.mark.parametrize("h,k,s,padding", [(28, 4, 2, "SAME"), (14, 4, 2, "SAME"), (9, 5, 2, "SAME"),
-                                           (8, 3, 1, "SAME"), (9, 4, 2, "VALID")])
+                                           (8, 3, 1, "SAME"), (9, 4, 2, "VALID"),
+                                           (7, 4, 2, "SAME")])  # odd SAME padding: (1, 2)
 def test_conv_equals_flax_conv_to_second_order(h, k, s, padding, cin, cout):
   """Same output, input gradient and gradient of the input-gradient norm
   (what a gradient penalty differentiates) as nn.Conv."""
