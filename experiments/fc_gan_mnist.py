@@ -33,6 +33,8 @@ def get_config():
   c.optim.g_lr = c.optim.d_lr = 2e-4
   c.optim.b1 = 0.5
   c.batch_size = 64
+  c.data.on_device = True            # MNIST fits in device memory
+  c.steps_per_call = 10              # a short step: fuse more per call
   c.num_epochs = 50
   c.log_every = 100
   c.sample_every = 0

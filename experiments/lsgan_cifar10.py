@@ -33,6 +33,8 @@ def get_config():
   c.optim.g_lr = c.optim.d_lr = 2e-4
   c.optim.b1 = 0.5
   c.batch_size = 64
+  c.data.on_device = True            # CIFAR-10 (150 MB as uint8) fits in device memory
+  c.steps_per_call = 5
   c.num_epochs = 25
   c.sample_every = 1000
   c.checkpoint_every = 2000

@@ -22,6 +22,7 @@ def get_config():
   c.loss = "wasserstein"
   c.d_weight_clip = 0.01
   c.d_steps = 5
+  c.steps_per_call = 1               # 5 critic updates per step already fill a call
   c.optim.name = "rmsprop"
   c.optim.g_lr = c.optim.d_lr = 5e-5
   c.num_epochs = 10                  # an epoch = 60000 / (5 * 64) = 187 G updates

@@ -23,6 +23,7 @@ def get_config():
   c.loss = "wasserstein"
   c.penalty.gp = 10.0
   c.d_steps = 5
+  c.steps_per_call = 1               # 5 critic updates per step already fill a call
   c.optim.g_lr = c.optim.d_lr = 1e-4
   c.optim.b1, c.optim.b2 = 0.5, 0.9
   c.num_epochs = 10                  # an epoch = 60000 / (5 * 64) = 187 G updates

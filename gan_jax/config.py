@@ -112,6 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
                                      # or the largest centred square (folder)
   c.data.pixel_range = (-1.0, 1.0)   # images are scaled to this range
   c.data.shuffle_buffer = 60_000
+  c.data.on_device = False           # keep the split on the device(s); the step gathers
+                                     # its batch by index (datasets that fit in memory)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dcgan28"           # a name in gan_jax.models.MODELS
@@ -129,6 +131,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.d_hidden = (512,)          # 'mlp' only
   c.model.d_slope = 0.2              # 'mlp' only: D's LeakyReLU slope
   c.model.upsample = "phase"         # 'phase' (fast exact) or 'transpose' (nn.ConvTranspose)
+  c.model.dtype = "float32"          # convs/matmuls in 'float32' or 'bfloat16' (mixed
+                                     # precision: fp32 weights, BatchNorm and losses)
 
   c.loss = "non_saturating"          # a name in gan_jax.losses.LOSSES
   c.penalty = ml_collections.ConfigDict()  # weight of each D penalty; 0 = off
@@ -155,6 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 64                  # global, split over devices
   c.num_epochs = 3
   c.num_steps = -1                   # > 0 overrides num_epochs
+  c.steps_per_call = 1               # training steps fused into one compiled call (lax.scan)
 
   c.log_every = 100
   c.sample_every = 500               # steps; 0 = off

@@ -5,6 +5,11 @@ each epoch) -> normalise to the configured pixel range -> global batch
 (drop_remainder) -> split over the devices of the mesh -> prefetch to device.
 TensorFlow runs on the CPU only.
 
+On-device mode (`data.on_device`, for datasets that fit in device memory):
+the whole split is put on every device once, as uint8, and the host sends
+only each step's example indices, in the same seeded epoch order; the
+compiled step gathers and normalises its batch itself (`gather_batch`).
+
 A source is a TFDS name (`data.source='tfds'`; optionally centre-cropped and
 resized, e.g. CelebA) or an image folder (`data.source='folder'`, see
 `gan_jax.image_folder`). Where a dataset is not prepared yet, MNIST-style
@@ -21,6 +26,7 @@ import urllib.parse
 from typing import Any, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -79,16 +85,25 @@ def normalise(images: tf.Tensor, pixel_range) -> tf.Tensor:
   return tf.cast(images, tf.float32) * ((hi - lo) / 255.0) + lo
 
 
-def shard_batch(batch: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
-  """A host batch -> one global array split over the mesh's `data` axis."""
-  return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), batch)
+def gather_batch(images: jax.Array, indices: jax.Array, pixel_range) -> jax.Array:
+  """`normalise(images[indices])` on device (the on-device data mode)."""
+  lo, hi = (float(v) for v in pixel_range)
+  x = jnp.take(images, indices, axis=0).astype(jnp.float32)
+  return x * np.float32((hi - lo) / 255.0) + np.float32(lo)
 
 
-def prefetch_to_device(iterator: Iterator[np.ndarray], mesh, size: int = 2) -> Iterator[jax.Array]:
+def shard_batch(batch: np.ndarray, mesh: jax.sharding.Mesh, spec=P("data")) -> jax.Array:
+  """A host batch -> one global array split over the mesh's `data` axis (for
+  a stack of step batches, spec P(None, 'data'))."""
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), batch)
+
+
+def prefetch_to_device(iterator: Iterator[np.ndarray], mesh, size: int = 2,
+                       spec=P("data")) -> Iterator[jax.Array]:
   """Keeps `size` batches in flight to the devices ahead of the consumer."""
   queue = collections.deque()
   for batch in iterator:
-    queue.append(shard_batch(batch, mesh))
+    queue.append(shard_batch(batch, mesh, spec))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
@@ -161,7 +176,9 @@ class TrainData:
 
   The epoch order depends only on (seed, epoch), so a run resumed at step s
   sees the batches an uninterrupted run sees from step s on. A step takes
-  `batches_per_step` consecutive global batches (one per D update).
+  `batches_per_step` consecutive global batches (one per D update). With
+  `data.on_device`, `device_images()` holds the split and the host sends
+  indices (`chunks(..., indices=True)`), in exactly the same order.
   """
 
   def __init__(self, data_config: Any, global_batch: int, seed: int,
@@ -190,23 +207,50 @@ class TrainData:
       return f"folder {data_config.folder}"
     return f"split '{data_config.split}' of '{data_config.name}'"
 
+  def _shuffle(self, ds: tf.data.Dataset, epoch: int) -> tf.data.Dataset:
+    # One fixed order per (seed, epoch): the epoch can be rebuilt on resume.
+    # The order depends only on the positions, not on the elements: shuffling
+    # the images and shuffling their indices give the same permutation.
+    ds = ds.shuffle(min(self.config.shuffle_buffer, self.num_examples),
+                    seed=self.seed * 100_003 + epoch, reshuffle_each_iteration=False)
+    return ds.batch(self.step_batch, drop_remainder=True)
+
   def epoch(self, epoch: int) -> tf.data.Dataset:
     """One epoch of normalised global batches in the (seed, epoch) order."""
-    # One fixed order per (seed, epoch): the epoch can be rebuilt on resume.
-    ds = self._images.shuffle(min(self.config.shuffle_buffer, self.num_examples),
-                              seed=self.seed * 100_003 + epoch, reshuffle_each_iteration=False)
-    ds = ds.batch(self.step_batch, drop_remainder=True)
-    ds = ds.map(lambda x: normalise(x, self.config.pixel_range),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = self._shuffle(self._images, epoch).map(
+        lambda x: normalise(x, self.config.pixel_range), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
-  def host_batches(self, start_step: int = 0) -> Iterator[np.ndarray]:
+  def epoch_indices(self, epoch: int) -> tf.data.Dataset:
+    """The source positions of `epoch(epoch)`'s batches, batch by batch."""
+    return self._shuffle(tf.data.Dataset.range(self.num_examples), epoch)
+
+  def host_batches(self, start_step: int = 0, indices: bool = False) -> Iterator[np.ndarray]:
+    """Endless per-step host arrays from `start_step` on: the normalised
+    images, or (`indices`) their int32 positions in `device_images()`."""
     epoch, skip = divmod(start_step, self.steps_per_epoch)
     while True:
-      for batch in self.epoch(epoch).skip(skip).as_numpy_iterator():
+      ds = self.epoch_indices(epoch) if indices else self.epoch(epoch)
+      for batch in ds.skip(skip).as_numpy_iterator():
+        batch = batch.astype(np.int32) if indices else batch
         yield device_major(batch, self.batches_per_step, self.mesh.devices.size)
       epoch, skip = epoch + 1, 0
 
   def batches(self, start_step: int = 0) -> Iterator[jax.Array]:
     """Endless device batches from global step `start_step` on."""
     return prefetch_to_device(self.host_batches(start_step), self.mesh)
+
+  def chunks(self, start_step: int, sizes: Iterator[int],
+             indices: bool = False) -> Iterator[jax.Array]:
+    """For each k in `sizes`, the next k steps' batches (or indices) stacked
+    into one (k, rows, ...) device array, for a fused k-step call."""
+    def stacked():
+      rows = self.host_batches(start_step, indices)
+      for k in sizes:
+        yield np.stack([next(rows) for _ in range(k)])
+    return prefetch_to_device(stacked(), self.mesh, spec=P(None, "data"))
+
+  def device_images(self) -> jax.Array:
+    """The whole split as one uint8 array in source order, on every device."""
+    images = np.concatenate(list(self._images.batch(4096).as_numpy_iterator()))
+    return jax.device_put(images, NamedSharding(self.mesh, P()))

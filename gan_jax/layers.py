@@ -32,6 +32,62 @@ import numpy as np
 Array = jax.Array
 
 
+def _mixed(a: Array, b: Array, dims) -> Array:
+  return jax.lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), (dims, ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _bf16_matmul(x: Array, w: Array) -> Array:
+  return _mixed(x, w, ((x.ndim - 1,), (0,)))
+
+
+def _bf16_matmul_fwd(x, w):  # x, w: float32
+  return _bf16_matmul(x, w), (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+
+
+def _like(ct: Array, primal: Array) -> Array:
+  """Inside shard_map, the cotangent of a value replicated over mesh axes
+  (e.g. weights) is summed over those axes, as JAX's own transpose rules do."""
+  varying = lambda v: set(jax.typeof(v).manual_axis_type.varying)
+  extra = tuple(sorted(varying(ct) - varying(primal)))
+  return jax.lax.psum(ct, extra) if extra else ct
+
+
+def _bf16_matmul_bwd(res, g):
+  x, w = res
+  lead = tuple(range(x.ndim - 1))
+  return (_like(_mixed(g, w, ((g.ndim - 1,), (1,))), x),
+          _like(_mixed(x, g, (lead, lead)), w))
+
+
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def matmul(x: Array, w: Array, dtype=None) -> Array:
+  """`x @ w` (w 2-D), computed in `dtype`. For bfloat16 the operands are
+  rounded to bfloat16 and the products accumulate in float32, in the forward
+  and in both backward matmuls: XLA:CPU runs only that form fast (a
+  bfloat16 x bfloat16 -> bfloat16 dot, or one with a float32 operand, as
+  JAX's own transpose rules make, is computed in float32). The result is
+  float32."""
+  if dtype is None or jnp.dtype(dtype) == jnp.float32:
+    return x @ w
+  if jnp.dtype(dtype) != jnp.bfloat16:
+    raise ValueError(f"matmul: compute dtype must be float32 or bfloat16, got {dtype}")
+  return _bf16_matmul(x.astype(jnp.float32), w.astype(jnp.float32))
+
+
+def dense_dot_general(dtype):
+  """A `dot_general` for `flax.linen.Dense(dot_general=...)` that multiplies
+  with `matmul` in `dtype` (leave Dense's own `dtype` unset)."""
+  def dot_general(x, kernel, dimension_numbers, precision=None, **kwargs):
+    if dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())):
+      raise ValueError(f"dense_dot_general: expected a Dense contraction, got {dimension_numbers}")
+    return matmul(x, kernel, dtype)
+  return dot_general
+
+
 def _transpose_padding(k: int, s: int, padding) -> tuple[int, int]:
   """Padding of the dilated input, as `jax.lax.conv_transpose` defines it."""
   if padding == "SAME":
@@ -92,9 +148,10 @@ def _plan(in_len: int, k: int, s: int, padding) -> _PhasePlan:
 
 
 def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
-                         padding="SAME") -> Array:
+                         padding="SAME", dtype=None) -> Array:
   """`lax.conv_transpose(x, kernel, strides, padding, ('NHWC','HWIO','NHWC'))`
-  (transpose_kernel=False) computed as one dense conv + phase interleave."""
+  (transpose_kernel=False) computed as one dense conv + phase interleave; its
+  im2col matmul runs in `dtype` (see `matmul`)."""
   kh, kw, cin, cout = kernel.shape
   sh, sw = strides
   pads = padding if isinstance(padding, str) else list(padding)
@@ -120,7 +177,7 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
     x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
     patches = jnp.concatenate([x[:, i:i + hc, j:j + wc] for i in range(ph.window)
                                for j in range(pw.window)], axis=-1)
-    y = patches @ dense.reshape(-1, dense.shape[-1])
+    y = matmul(patches, dense.reshape(-1, dense.shape[-1]), dtype)
   b = y.shape[0]
   y = y.reshape(b, y.shape[1], y.shape[2], sh, sw, cout)
   if set(ph.shifts) == {0} and set(pw.shifts) == {0}:
@@ -144,12 +201,14 @@ class _ConvLike(nn.Module):
   strides: int | Sequence[int] = 1
   padding: Any = "SAME"
   use_bias: bool = True
-  dtype: Any = None
+  dtype: Any = None   # compute dtype of the im2col matmuls (see `matmul`)
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
 
   def compute(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+    """The convolution; its matmuls run in `self.dtype`, XLA convolutions in
+    float32 (XLA:CPU's bfloat16 convolutions are slower than float32 ones)."""
     raise NotImplementedError
 
   @nn.compact
@@ -163,7 +222,7 @@ class _ConvLike(nn.Module):
                         self.param_dtype)
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.param_dtype)
     y = self.compute(x, kernel, st)
     return y + bias if bias is not None else y
 
@@ -173,10 +232,11 @@ class ConvTranspose(_ConvLike):
   transpose_kernel=False): same parameter names and shapes, same output."""
 
   def compute(self, x, kernel, strides):
-    return phase_conv_transpose(x, kernel, strides, self.padding)
+    return phase_conv_transpose(x, kernel, strides, self.padding, self.dtype)
 
 
-def im2col_conv(x: Array, kernel: Array, strides: Sequence[int], padding="SAME") -> Array:
+def im2col_conv(x: Array, kernel: Array, strides: Sequence[int], padding="SAME",
+                dtype=None) -> Array:
   """`lax.conv_general_dilated(x, kernel, strides, padding)` (NHWC, HWIO) as
   strided slices + one matmul. Every derivative of it, to any order, is made
   of slices, pads and matmuls, so a gradient penalty (a gradient of an input
@@ -199,7 +259,7 @@ def im2col_conv(x: Array, kernel: Array, strides: Sequence[int], padding="SAME")
   patches = jnp.concatenate(
       [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
        for i in range(kh) for j in range(kw)], axis=-1)
-  return patches @ kernel.reshape(kh * kw * cin, cout)
+  return matmul(patches, kernel.reshape(kh * kw * cin, cout), dtype)
 
 
 # With few input or output channels an XLA convolution is as fast as im2col
@@ -215,6 +275,6 @@ class Conv(_ConvLike):
 
   def compute(self, x, kernel, strides):
     if x.shape[-1] >= _MIN_IM2COL_CHANNELS and kernel.shape[-1] > _MAX_CONV_FEATURES:
-      return im2col_conv(x, kernel, strides, self.padding)
+      return im2col_conv(x, kernel, strides, self.padding, self.dtype)
     return jax.lax.conv_general_dilated(x, kernel, strides, self.padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -88,17 +88,26 @@ class Conv(NamedTuple):
   bias: bool | None = None
 
 
-def _spectral(layer: nn.Module, x: jax.Array, train: bool, on: bool) -> jax.Array:
-  """`layer(x)`, with its weights spectrally normalised when `on` (the power
-  iteration's vectors update in training only)."""
-  return nn.SpectralNorm(layer)(x, update_stats=train) if on else layer(x)
+def _spectral(layer: nn.Module, x: jax.Array, train: bool, on: bool = False) -> jax.Array:
+  """`layer(x)` in float32, with its weights spectrally normalised when `on`
+  (the power iteration's vectors update in training only). Mixed precision:
+  a layer may multiply in bfloat16 (its `dtype`); what follows it (norms,
+  activations, losses) always sees float32."""
+  y = nn.SpectralNorm(layer)(x, update_stats=train) if on else layer(x)
+  return y.astype(jnp.float32)
 
 
-def _apply_conv(spec: Conv, x, *, train, axis_name, upsample="phase", spectral_norm=False):
+def _dot(dtype):
+  """Dense's matmul in the compute dtype (float32: flax's own)."""
+  return None if dtype is None else layers.dense_dot_general(dtype)
+
+
+def _apply_conv(spec: Conv, x, *, train, axis_name, upsample="phase", spectral_norm=False,
+                dtype=None):
   use_bias = spec.norm == "none" if spec.bias is None else spec.bias
   cls = upsample_layer(upsample) if spec.transpose else layers.Conv
   conv = cls(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride), "SAME",
-             use_bias=use_bias, kernel_init=dcgan_init)
+             use_bias=use_bias, kernel_init=dcgan_init, dtype=dtype)
   x = _spectral(conv, x, train, spectral_norm)
   x = activate(normalise(x, spec.norm, train, axis_name), spec.act, spec.slope)
   if spec.dropout:
@@ -126,16 +135,19 @@ class ConvGenerator(nn.Module):
   pixel_range: tuple[float, float] = (-1.0, 1.0)
   upsample: str = "phase"
   axis_name: str | None = None
+  dtype: Any = None   # compute dtype of convs and matmuls (None: float32)
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     chex.assert_shape(z, (None, self.latent_dim))
-    x = nn.Dense(int(np.prod(self.start)), use_bias=self.project_bias, kernel_init=dcgan_init)(z)
+    x = _spectral(nn.Dense(int(np.prod(self.start)), use_bias=self.project_bias,
+                           kernel_init=dcgan_init, dot_general=_dot(self.dtype)), z, train)
     x = x.reshape(z.shape[0], *self.start)
     x = activate(normalise(x, self.project_norm, train, self.axis_name),
                  self.project_act, self.project_slope)
     for spec in self.layers:
-      x = _apply_conv(spec, x, train=train, axis_name=self.axis_name, upsample=self.upsample)
+      x = _apply_conv(spec, x, train=train, axis_name=self.axis_name, upsample=self.upsample,
+                      dtype=self.dtype)
     chex.assert_shape(x, (z.shape[0], *self.out_shape))
     return to_pixel_range(x, self.pixel_range)
 
@@ -147,6 +159,7 @@ class ConvDiscriminator(nn.Module):
   head_dropout: float = 0.0
   spectral_norm: bool = False
   axis_name: str | None = None
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -154,7 +167,7 @@ class ConvDiscriminator(nn.Module):
     h = x
     for spec in self.layers:
       h = _apply_conv(spec, h, train=train, axis_name=self.axis_name,
-                      spectral_norm=self.spectral_norm)
+                      spectral_norm=self.spectral_norm, dtype=self.dtype)
     h = h.reshape(h.shape[0], -1)
     if self.head_dropout:
       h = nn.Dropout(self.head_dropout, deterministic=not train)(h)
@@ -174,14 +187,16 @@ class MLPGenerator(nn.Module):
   out_shape: tuple[int, int, int]
   act: str = "relu"
   pixel_range: tuple[float, float] = (-1.0, 1.0)
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     chex.assert_shape(z, (None, self.latent_dim))
     h = z
     for width in self.hidden:
-      h = activate(nn.Dense(width)(h), self.act)
-    x = jnp.tanh(nn.Dense(int(np.prod(self.out_shape)))(h)).reshape(z.shape[0], *self.out_shape)
+      h = activate(_spectral(nn.Dense(width, dot_general=_dot(self.dtype)), h, train), self.act)
+    x = _spectral(nn.Dense(int(np.prod(self.out_shape)), dot_general=_dot(self.dtype)), h, train)
+    x = jnp.tanh(x).reshape(z.shape[0], *self.out_shape)
     return to_pixel_range(x, self.pixel_range)
 
 
@@ -191,13 +206,15 @@ class MLPDiscriminator(nn.Module):
   hidden: tuple[int, ...]
   slope: float = 0.2
   spectral_norm: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     chex.assert_shape(x, (None, *self.in_shape))
     h = x.reshape(x.shape[0], -1)
     for width in self.hidden:
-      h = nn.leaky_relu(_spectral(nn.Dense(width), h, train, self.spectral_norm), self.slope)
+      h = nn.leaky_relu(_spectral(nn.Dense(width, dot_general=_dot(self.dtype)), h, train,
+                                  self.spectral_norm), self.slope)
     return _dense_logit(h, train, self.spectral_norm, x.shape[0])
 
 
@@ -313,6 +330,9 @@ def image_shape(model_config: Any) -> tuple[int, int, int]:
   return (model_config.image_size, model_config.image_size, model_config.channels)
 
 
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
 def build_models(model_config: Any, pixel_range=(-1.0, 1.0),
                  axis_name: str | None = None) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) for `model_config.name`."""
@@ -321,5 +341,10 @@ def build_models(model_config: Any, pixel_range=(-1.0, 1.0),
   for key in ("g_norm", "d_norm"):
     if model_config.get(key, "batch") not in NORMS:
       raise ConfigError(f"model.{key} must be one of {NORMS}, got {model_config[key]!r}")
+  dtype = model_config.get("dtype", "float32")
+  if dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)}, got {dtype!r}")
   pixel_range = tuple(float(v) for v in pixel_range)
-  return MODELS[model_config.name](model_config, pixel_range, axis_name)
+  g, d = MODELS[model_config.name](model_config, pixel_range, axis_name)
+  # Mixed precision: params stay float32; convs and matmuls run in `dtype`.
+  return g.clone(dtype=COMPUTE_DTYPES[dtype]), d.clone(dtype=COMPUTE_DTYPES[dtype])

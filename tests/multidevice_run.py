@@ -15,13 +15,22 @@ from gan_jax import data, train  # noqa: E402
 
 
 def run(devices, batches, cfg):
-  """Steps on a mesh of `devices`; `batches` hold d_steps global batches each."""
+  """Steps on a mesh of `devices`; `batches` hold d_steps global batches
+  each: float images, or (on-device mode) indices into uint8 `IMAGES`, all
+  steps fused into one call."""
   c = train.build_components(cfg)
   mesh = train.make_mesh(devices)
   state = train.init_state(cfg, c, mesh)
-  step = train.make_train_step(c, mesh)
   history = []
-  for b in batches:
+  if cfg.data.on_device:
+    steps = train.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)
+    idx = np.stack([data.device_major(b, cfg.d_steps, len(devices)) for b in batches])
+    state, metrics = steps(state, data.shard_batch(idx, mesh, train.P(None, train.AXIS)),
+                           train.replicate(IMAGES, mesh))
+    metrics = jax.device_get(metrics)
+    history = [{k: float(v[i]) for k, v in metrics.items()} for i in range(len(batches))]
+  step = train.make_train_step(c, mesh)
+  for b in ([] if cfg.data.on_device else batches):
     b = data.device_major(b, cfg.d_steps, len(devices))
     state, metrics = step(state, data.shard_batch(b, mesh))
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
@@ -38,10 +47,15 @@ if __name__ == "__main__":
   scenarios = {"dcgan": small_config(real_label_noise=0.05),
                "wgan_r1": small_config(**{"loss": "wasserstein", "penalty.r1": 10.0, "d_steps": 3,
                                           "model.d_norm": "none", "ema_decay": 0.9})}
+  # bfloat16 matmuls, 3 steps fused in one call, batches gathered on device.
+  scenarios["bf16_fused_on_device"] = small_config(**{"model.dtype": "bfloat16",
+                                                      "data.on_device": True, "d_steps": 2})
   rng = np.random.default_rng(0)
+  IMAGES = rng.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
   out = {}
   for name, cfg in scenarios.items():
-    batches = [rng.uniform(-1, 1, (cfg.d_steps * cfg.batch_size, 28, 28, 1)).astype(np.float32)
-               for _ in range(3)]
+    rows = cfg.d_steps * cfg.batch_size
+    batches = [rng.permutation(len(IMAGES))[:rows].astype(np.int32) if cfg.data.on_device
+               else rng.uniform(-1, 1, (rows, 28, 28, 1)).astype(np.float32) for _ in range(3)]
     out[name] = {"n8": run(jax.devices(), batches, cfg), "n1": run(jax.devices()[:1], batches, cfg)}
   print("RESULT " + json.dumps(out))

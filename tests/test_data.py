@@ -74,3 +74,43 @@ def test_wrong_image_shape_and_split_are_clear_errors(prepared):
     _source(prepared, shape=(32, 32, 3))
   with pytest.raises(data.DataError, match="no split 'validation'"):
     _source(prepared, split="validation")
+
+
+def _source_k(prepared, seed=0, batches_per_step=1, shuffle_buffer=1000):
+  root, folder, _ = prepared
+  cfg = base_config().data
+  cfg.update(dict(name="fashion_mnist", data_dir=str(root / "tfds"), idx_dir=str(folder),
+                  shuffle_buffer=shuffle_buffer, on_device=True))
+  return data.TrainData(cfg, BATCH // batches_per_step, seed, train.make_mesh(),
+                        image_shape=(28, 28, 1), batches_per_step=batches_per_step)
+
+
+@pytest.mark.parametrize("batches_per_step,shuffle_buffer", [(1, 1000), (2, 5)])
+def test_on_device_mode_matches_the_tfds_pipeline_order(prepared, batches_per_step,
+                                                        shuffle_buffer):
+  """Indices gathered on device give exactly the pipeline's batches, epoch
+  after epoch, for a full and for a partial shuffle buffer, and after resume;
+  each epoch visits every example once."""
+  source = _source_k(prepared, 3, batches_per_step, shuffle_buffer)
+  images = source.device_images()
+  assert images.dtype == np.uint8 and images.shape == (N_TRAIN, 28, 28, 1)
+  steps = 2 * source.steps_per_epoch
+  piped = _take(source.host_batches(), steps)
+  indices = _take(source.host_batches(indices=True), steps)
+  for epoch in range(2):
+    seen = np.concatenate(indices[epoch * source.steps_per_epoch:][:source.steps_per_epoch])
+    assert sorted(seen) == list(range(N_TRAIN))
+  assert not np.array_equal(indices[0], indices[source.steps_per_epoch])
+  for batch, idx in zip(piped, indices):
+    np.testing.assert_allclose(np.asarray(data.gather_batch(images, idx, (-1.0, 1.0))),
+                               batch, rtol=0, atol=1e-6)
+  resumed = _take(source.host_batches(start_step=2, indices=True), steps - 2)
+  assert all(np.array_equal(a, b) for a, b in zip(indices[2:], resumed))
+
+
+def test_chunks_stack_consecutive_steps(prepared):
+  source = _source_k(prepared)
+  flat = _take(source.host_batches(start_step=1, indices=True), 6)
+  chunks = _take(source.chunks(1, iter([3, 1, 2]), indices=True), 3)
+  assert [c.shape for c in chunks] == [(3, BATCH), (1, BATCH), (2, BATCH)]
+  np.testing.assert_array_equal(np.concatenate(chunks), np.stack(flat))

@@ -60,3 +60,51 @@ def test_unknown_names():
     models.build_models(cfg.model)
   with pytest.raises(ValueError, match="phase"):
     models.upsample_layer("nope")
+
+
+def _compiled_g_gradient_hlo(cfg):
+  """Compiled HLO of d(mean G(z)^2)/d(params) in training mode."""
+  g, _ = models.build_models(cfg.model)
+  z = jnp.ones((4, cfg.model.latent_dim))
+  variables = g.init(jax.random.PRNGKey(0), z, train=False)
+
+  def loss(params):
+    x, _ = g.apply({**variables, "params": params}, z, train=True, mutable=["batch_stats"])
+    return (x ** 2).mean()
+  return jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+
+
+@pytest.mark.parametrize("experiment", ["dcgan_fashion_mnist", "dcgan_color64", "lsgan_cifar10",
+                                        "dcgan_celeba"])
+def test_upsampling_has_no_transposed_conv_gradient_in_hlo(experiment):
+  """The 'phase' upsampling compiles to no input-dilated convolution (what a
+  transposed convolution and its gradients lower to, slow on XLA:CPU); the
+  'transpose' reference layer does."""
+  from gan_jax.config import load_config
+  cfg = load_config(f"experiments/{experiment}.py")
+  cfg.model.g_features, cfg.model.latent_dim = 32, 8
+  assert "lhs_dilate" not in _compiled_g_gradient_hlo(cfg)
+  cfg.model.upsample = "transpose"
+  assert "lhs_dilate" in _compiled_g_gradient_hlo(cfg)
+
+
+def test_bfloat16_models_keep_float32_params_and_outputs():
+  cfg = small_config(**{"model.dtype": "bfloat16"})
+  g, d = models.build_models(cfg.model)
+  z = jnp.ones((4, cfg.model.latent_dim))
+  g_vars = g.init(jax.random.PRNGKey(0), z, train=False)
+  x = g.apply(g_vars, z, train=False)
+  d_vars = d.init(jax.random.PRNGKey(1), x, train=False)
+  assert {p.dtype for p in jax.tree.leaves((g_vars, d_vars))} == {jnp.dtype("float32")}
+  assert x.dtype == jnp.float32 and d.apply(d_vars, x, train=False).dtype == jnp.float32
+  # Same weights in float32: the outputs differ by bfloat16 rounding only.
+  g32, _ = models.build_models(small_config().model)
+  x32 = g32.apply(g_vars, z, train=False)
+  err = float(jnp.abs(x - x32).max())
+  assert 0 < err < 0.05
+
+
+def test_unknown_compute_dtype():
+  cfg = small_config(**{"model.dtype": "float16"})
+  with pytest.raises(models.ConfigError, match="model.dtype"):
+    models.build_models(cfg.model)

@@ -1,4 +1,7 @@
+import re
+
 import chex
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,3 +71,78 @@ def test_state_is_donated():
   leaf = jax.tree.leaves(state.g_params)[0]
   step(state, batch)
   assert leaf.is_deleted()
+
+
+def _random_batches(cfg, c, n, seed=0):
+  return np.random.default_rng(seed).uniform(
+      -1, 1, (n, cfg.batch_size * cfg.d_steps, *c.image_shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"loss": "wasserstein", "d_steps": 2, "model.d_norm": "none",
+                                            "penalty.gp": 10.0, "ema_decay": 0.9}])
+def test_fused_steps_equal_single_steps(overrides):
+  """k steps fused in one lax.scan call == k calls of the single step."""
+  cfg = small_config(**overrides)
+  c, mesh, state, step = _setup(cfg)
+  k = 3
+  batches = _random_batches(cfg, c, k)
+  single, singles = state, []
+  for b in batches:
+    single, m = step(single, data.shard_batch(b, mesh))
+    singles.append(m)
+  fused = train.make_train_steps(c, mesh)
+  fused_state, stacked = fused(train.init_state(cfg, c, mesh),
+                               data.shard_batch(batches, mesh, train.P(None, train.AXIS)))
+  chex.assert_trees_all_close(jax.device_get(fused_state), jax.device_get(single),
+                              atol=1e-6, rtol=1e-6)
+  assert all(v.shape == (k,) for v in stacked.values())
+  chex.assert_trees_all_close(jax.device_get(stacked),
+                              jax.tree.map(lambda *v: np.stack(v), *jax.device_get(singles)),
+                              atol=1e-6, rtol=1e-6)
+
+
+def test_fused_on_device_steps_equal_fed_steps():
+  """Gathering the batch on device from indices == feeding the same images."""
+  cfg = small_config()
+  c, mesh, state, _ = _setup(cfg)
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (40, *c.image_shape), dtype=np.uint8)
+  idx = rng.permutation(40)[:2 * cfg.batch_size].reshape(2, cfg.batch_size).astype(np.int32)
+  fed = jax.device_get(data.gather_batch(images, idx, cfg.data.pixel_range))
+  spec = train.P(None, train.AXIS)
+  a, ma = train.make_train_steps(c, mesh)(state, data.shard_batch(fed, mesh, spec))
+  b, mb = train.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)(
+      train.init_state(cfg, c, mesh), data.shard_batch(idx, mesh, spec),
+      train.replicate(images, mesh))
+  chex.assert_trees_all_close(jax.device_get(a), jax.device_get(b), atol=1e-6, rtol=1e-6)
+
+
+def test_chunk_schedule_ends_chunks_at_events():
+  events = {5, 10, 12}
+  sizes = list(train.chunk_sizes(1, 14, 4, lambda n: n in events))
+  assert sum(sizes) == 13 and set(sizes) <= {1, 4}
+  ends = np.cumsum([1] + sizes)
+  # No event falls strictly inside a chunk: each is some chunk's last step.
+  for e in events:
+    assert e in ends
+
+
+def test_bfloat16_step_is_finite_and_multiplies_in_bfloat16():
+  """Mixed precision: the step runs finite, its matmuls take bfloat16
+  operands (forward and backward), and the float32 step has none."""
+  cfg16 = small_config(**{"model.dtype": "bfloat16", "model.g_features": 64,
+                          "model.d_features": 32})
+  c, mesh, state, step = _setup(cfg16)
+  batch = data.shard_batch(_random_batches(cfg16, c, 1)[0], mesh)
+  hlo16 = step.lower(state, batch).compile().as_text()
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  chex.assert_tree_all_finite((jax.device_get(state), metrics))
+  assert {p.dtype for p in jax.tree.leaves(state.g_params)} == {np.dtype("float32")}
+  # XLA:CPU wraps each matmul in a fusion: (bf16, bf16) -> f32 computations.
+  bf16_dots = re.findall(r"\(param_0[.\d]*: bf16\[[\d,]*\], param_1[.\d]*: bf16\[[\d,]*\]\) -> f32",
+                         hlo16)
+  assert len(bf16_dots) >= 9  # G's and D's wide layers: forward, input and weight gradients
+  cfg32 = small_config(**{"model.g_features": 64, "model.d_features": 32})
+  c32, mesh, state32, step32 = _setup(cfg32)
+  assert "bf16" not in step32.lower(state32, batch).compile().as_text()

@@ -1,0 +1,185 @@
+r"""Training-speed benchmark: the seed architectures at batch 64 on random data.
+
+  python experiments/tools/bench.py                        # the four seed GANs
+  python experiments/tools/bench.py --against torch        # + PyTorch, same run
+  python experiments/tools/bench.py dcgan28 --dtype bfloat16 --steps-per-call 10
+  python experiments/tools/bench.py experiments/wgan_gp_fashion_mnist.py --batch 0
+
+Arguments name seed architectures (fc_gan, dcgan28, dcgan64, lsgan32: the
+experiments fc_gan_mnist, dcgan_fashion_mnist, dcgan_color64, lsgan_cifar10)
+or experiment config files. For each, gan_jax's training step runs the way
+`train` runs it with `data.on_device`: `--steps-per-call` steps fused in one
+compiled call, batches gathered on device from a uint8 array of random
+images. Reported: steady-state ms/step and images/s (median of --repeats
+timings after one warm-up call), compile time, XLA's FLOPs per step (compiled
+cost analysis), achieved GFLOP/s and its fraction of this device's measured
+matmul peak (fp32, and bf16 with fp32 accumulation), and XLA's peak buffer
+memory. `--input` also times the TFDS input pipeline (Fashion-MNIST, when
+prepared) per step. `--against torch` runs experiments/tools/torch_reference.py's
+PyTorch models (eager, torch.optim.Adam, BCEWithLogitsLoss) in the same run
+and prints the ratio. `--config.KEY=VALUE` overrides every config.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gan_jax import cli, data, train
+from gan_jax.config import apply_overrides, load_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEEDS = {"fc_gan": "fc_gan_mnist", "dcgan28": "dcgan_fashion_mnist",
+         "dcgan64": "dcgan_color64", "lsgan32": "lsgan_cifar10"}
+
+
+def matmul_peak(dtype, n=2048, repeats=5) -> float:
+  """Best FLOP/s of an n^3 matmul on the default device (bf16 operands
+  accumulate in fp32, the form gan_jax's bfloat16 mode uses)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  f(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def _timed(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def bench_jax(cfg, name, k, repeats, input_steps=0) -> dict:
+  c = train.build_components(cfg)
+  mesh = train.make_mesh()
+  state = train.init_state(cfg, c, mesh)
+  rows = cfg.batch_size * c.d_steps
+  rng = np.random.default_rng(0)
+  images = train.replicate(rng.integers(0, 256, (4096, *c.image_shape), dtype=np.uint8), mesh)
+  indices = data.shard_batch(rng.integers(0, 4096, (k, rows), dtype=np.int32), mesh,
+                             train.P(None, train.AXIS))
+  steps = train.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)
+  t = time.perf_counter()
+  compiled = steps.lower(state, indices, images).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) / k
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+          - mem.alias_size_in_bytes) if mem is not None else float("nan")
+  box = [state]
+
+  def call():
+    box[0], metrics = compiled(box[0], indices, images)
+    return metrics
+  call()  # warm-up
+  dt = statistics.median(_timed(call, repeats)) / k
+  row = {"name": name, "dtype": cfg.model.dtype, "batch": cfg.batch_size, "d_steps": c.d_steps,
+         "steps_per_call": k, "ms_per_step": 1e3 * dt, "images_per_sec": rows / dt,
+         "compile_s": compile_s, "gflop_per_step": flops / 1e9,
+         "achieved_gflops": flops / dt / 1e9, "peak_memory_mb": peak / 2 ** 20}
+  if input_steps:
+    row["input_ms_per_step"] = input_ms_per_step(cfg, c, mesh, input_steps)
+  return row
+
+
+def input_ms_per_step(cfg, c, mesh, n) -> float | None:
+  """Host time per step of the TFDS pipeline (read, shuffle, normalise,
+  batch, shard to device) alone, on Fashion-MNIST where it is prepared."""
+  if c.image_shape != (28, 28, 1):
+    return None
+  try:
+    source = data.TrainData(cfg.data, cfg.batch_size, cfg.seed, mesh, c.image_shape,
+                            batches_per_step=c.d_steps)
+  except data.DataError:
+    return None
+  batches = source.batches()
+  jax.block_until_ready(next(batches))
+  t = time.perf_counter()
+  for _ in range(n):
+    jax.block_until_ready(next(batches))
+  return 1e3 * (time.perf_counter() - t) / n
+
+
+def bench_torch(arch, batch, repeats) -> dict:
+  sys.path.insert(0, HERE)
+  import torch_reference  # noqa: E402  (optional: needs torch)
+  return torch_reference.time_steps(arch, batch=batch, warmup=3, repeats=repeats, steps=3)
+
+
+def _fmt(v, digits=1):
+  return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("targets", nargs="*", default=list(SEEDS),
+                      help="seed architecture names or experiment config files")
+  parser.add_argument("--batch", type=int, default=64, help="0 = each config's own")
+  parser.add_argument("--dtype", nargs="+", default=["float32"],
+                      choices=["float32", "bfloat16"], help="model.dtype values to run")
+  parser.add_argument("--steps-per-call", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--against", choices=["torch"], default=None)
+  parser.add_argument("--input", type=int, default=0, metavar="STEPS",
+                      help="also time STEPS steps of the TFDS input pipeline")
+  parser.add_argument("--json", default="", help="write the rows to this file")
+  args, extra = parser.parse_known_args(argv)
+  overrides = cli._split_overrides(extra, parser)
+
+  fp32, bf16 = matmul_peak(jnp.float32), matmul_peak(jnp.bfloat16)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}); "
+        f"measured matmul peak {fp32 / 1e9:.0f} GFLOP/s fp32, {bf16 / 1e9:.0f} GFLOP/s bf16",
+        flush=True)
+  rows = []
+  for target in args.targets:
+    path = os.path.join(HERE, "..", SEEDS[target] + ".py") if target in SEEDS else target
+    for dtype in args.dtype:
+      cfg = apply_overrides(load_config(path), {**overrides, "model.dtype": dtype})
+      if args.batch:
+        cfg.batch_size = args.batch
+      row = bench_jax(cfg, target, args.steps_per_call, args.repeats, args.input)
+      peak = bf16 if dtype == "bfloat16" else fp32
+      row["peak_fraction"] = row["achieved_gflops"] * 1e9 / peak
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+    if args.against == "torch" and target in SEEDS:
+      t = bench_torch(target, cfg.batch_size, args.repeats)
+      t.update(name=target, dtype="torch fp32")
+      rows.append(t)
+      print(json.dumps(t), flush=True)
+
+  print(f"\n| arch | impl | ms/step | images/s | vs torch | compile s | GFLOP/step | "
+        f"GFLOP/s | of peak | peak MB | input ms/step |\n|{' --- |' * 11}")
+  torch_rate = {r["name"]: r["images_per_sec"] for r in rows if r["dtype"] == "torch fp32"}
+  for r in rows:
+    is_torch = r["dtype"] == "torch fp32"
+    ratio = None if r["name"] not in torch_rate else r["images_per_sec"] / torch_rate[r["name"]]
+    impl = r["dtype"] if is_torch else f"gan_jax {r['dtype']}"
+    print(f"| {r['name']} | {impl} | {_fmt(r['ms_per_step'])} | {_fmt(r['images_per_sec'], 0)} | "
+          f"{_fmt(ratio, 2) if not is_torch else '1'} | {_fmt(r.get('compile_s'))} | "
+          f"{_fmt(r.get('gflop_per_step'), 2)} | {_fmt(r.get('achieved_gflops'), 0)} | "
+          f"{'-' if is_torch else format(r['peak_fraction'], '.0%')} | "
+          f"{_fmt(r.get('peak_memory_mb'), 0)} | {_fmt(r.get('input_ms_per_step'))} |")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"device": jax.devices()[0].device_kind, "matmul_peak_gflops":
+                 {"float32": fp32 / 1e9, "bfloat16": bf16 / 1e9}, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

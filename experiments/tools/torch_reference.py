@@ -1,0 +1,177 @@
+"""PyTorch reference implementations of the four seed GANs, for benchmarking.
+
+The same layer shapes, parameter counts, losses and optimiser settings as the
+gan_jax experiments fc_gan_mnist, dcgan_fashion_mnist, dcgan_color64 and
+lsgan_cifar10, written the ordinary PyTorch way (eager nn.Modules,
+torch.optim.Adam, nn.BCEWithLogitsLoss / nn.MSELoss), so that their training
+throughput can be compared with gan_jax's side by side. Images are NCHW.
+
+torch is an optional dependency of the benchmark only (gan_jax never imports
+it): pip install torch --index-url https://download.pytorch.org/whl/cpu
+"""
+import statistics
+import time
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("fc_gan", "dcgan28", "dcgan64", "lsgan32")
+
+# name -> (gan_jax experiment, image shape CHW, latent dim, latent dist, loss,
+#          G lr, D lr, real-label noise); Adam betas are (0.5, 0.999) for all.
+CONFIGS = {
+    "fc_gan": ("fc_gan_mnist", (1, 28, 28), 128, "uniform", "non_saturating_joint",
+               2e-4, 2e-4, 0.0),
+    "dcgan28": ("dcgan_fashion_mnist", (1, 28, 28), 100, "normal", "non_saturating",
+                2e-4, 2e-4, 0.0),
+    "dcgan64": ("dcgan_color64", (3, 64, 64), 100, "normal", "non_saturating",
+                3e-4, 1e-4, 0.05),
+    "lsgan32": ("lsgan_cifar10", (3, 32, 32), 100, "normal", "least_squares",
+                2e-4, 2e-4, 0.0),
+}
+
+
+def _up(cin, cout, k, s, bias=False):
+  """ConvTranspose2d whose output is exactly s x its input (JAX's 'SAME')."""
+  p = (k - 1) // 2
+  return nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=s + 2 * p - k, bias=bias)
+
+
+def build(name):
+  """(G, D) for `name`: G maps (B, latent) to (B, C, H, W) in [-1, 1], D maps
+  images to (B,) logits."""
+  lrelu = nn.LeakyReLU
+  if name == "fc_gan":
+    g = nn.Sequential(
+        nn.Linear(128, 1024), nn.ReLU(), nn.Linear(1024, 2048), nn.ReLU(),
+        nn.Linear(2048, 784), nn.Tanh(), nn.Unflatten(1, (1, 28, 28)))
+    d = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), lrelu(0.1), nn.Linear(512, 1))
+  elif name == "dcgan28":
+    g = nn.Sequential(
+        nn.Linear(100, 256 * 7 * 7, bias=False), nn.Unflatten(1, (256, 7, 7)),
+        nn.BatchNorm2d(256), nn.ReLU(),
+        _up(256, 128, 4, 2), nn.BatchNorm2d(128), nn.ReLU(),
+        _up(128, 1, 4, 2, bias=True), nn.Tanh())
+    d = nn.Sequential(
+        nn.Conv2d(1, 64, 4, 2, 1), lrelu(0.2),
+        nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), lrelu(0.2),
+        nn.Flatten(), nn.Linear(128 * 7 * 7, 1))
+  elif name == "dcgan64":
+    g = nn.Sequential(
+        nn.Linear(100, 512 * 8 * 8), nn.Unflatten(1, (512, 8, 8)),
+        _up(512, 256, 4, 2, bias=True), nn.ReLU(),
+        _up(256, 128, 4, 2, bias=True), nn.ReLU(),
+        _up(128, 64, 4, 2, bias=True), nn.ReLU(),
+        nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(64, 3, 4), nn.Tanh())  # k4 s1 'SAME'
+    d = nn.Sequential(
+        nn.Conv2d(3, 64, 5, 2, 2, bias=False), nn.BatchNorm2d(64), lrelu(0.2),
+        nn.Conv2d(64, 128, 5, 2, 2, bias=False), nn.BatchNorm2d(128), lrelu(0.2),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 16 * 16, 1))
+  elif name == "lsgan32":
+    g = nn.Sequential(
+        nn.Linear(100, 256 * 8 * 8, bias=False), nn.Unflatten(1, (256, 8, 8)),
+        nn.BatchNorm2d(256), lrelu(0.3),
+        _up(256, 128, 5, 1), nn.BatchNorm2d(128), lrelu(0.3),
+        _up(128, 64, 5, 2), nn.BatchNorm2d(64), lrelu(0.3),
+        _up(64, 3, 5, 2), nn.Tanh())
+    d = nn.Sequential(
+        nn.Conv2d(3, 64, 5, 2, 2), lrelu(0.3), nn.Dropout(0.3),
+        nn.Conv2d(64, 128, 5, 2, 2), lrelu(0.3), nn.Dropout(0.3),
+        nn.Flatten(), nn.Linear(128 * 8 * 8, 1))
+  else:
+    raise ValueError(f"unknown architecture {name!r}; valid: {ARCHITECTURES}")
+  d.append(nn.Flatten(0))  # (B, 1) -> (B,)
+  if name != "fc_gan":  # DCGAN init, as gan_jax's conv models
+    g.apply(_dcgan_init)
+    d.apply(_dcgan_init)
+  return g, d
+
+
+def _dcgan_init(m):
+  if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+    nn.init.normal_(m.weight, 0.0, 0.02)
+    if m.bias is not None:
+      nn.init.zeros_(m.bias)
+  elif isinstance(m, nn.BatchNorm2d):
+    nn.init.normal_(m.weight, 1.0, 0.02)
+    nn.init.zeros_(m.bias)
+
+
+def _count(module):
+  return sum(p.numel() for p in module.parameters())
+
+
+def param_counts(name):
+  g, d = build(name)
+  return _count(g), _count(d)
+
+
+class TorchGAN:
+  """G, D, their Adam optimisers and the loss of one architecture; `step`
+  is one training step as in PyTorch's DCGAN example (and gan_jax's
+  `train_step`): one G forward, a D update on real and fake.detach(), then a
+  G update through D(fake) with the updated D."""
+
+  def __init__(self, name, batch=64):
+    _, self.shape, self.latent_dim, self.latent_dist, self.loss, g_lr, d_lr, \
+        self.real_noise = CONFIGS[name]
+    self.batch = batch
+    self.g, self.d = build(name)
+    self.g_opt = torch.optim.Adam(self.g.parameters(), lr=g_lr, betas=(0.5, 0.999))
+    self.d_opt = torch.optim.Adam(self.d.parameters(), lr=d_lr, betas=(0.5, 0.999))
+    self.crit = nn.MSELoss() if self.loss == "least_squares" else nn.BCEWithLogitsLoss()
+    self.scale = 0.5 if self.loss == "least_squares" else 1.0
+
+  def latents(self, n):
+    if self.latent_dist == "uniform":
+      return torch.rand(n, self.latent_dim) * 2 - 1
+    return torch.randn(n, self.latent_dim)
+
+  def step(self, real):
+    b = real.shape[0]
+    ones, zeros = torch.ones(b), torch.zeros(b)
+    fake = self.g(self.latents(b))
+    # D update on real and detached fake.
+    self.d_opt.zero_grad(set_to_none=True)
+    if self.loss == "non_saturating_joint":  # one BCE over the 2B logits
+      logits = self.d(torch.cat([real, fake.detach()]))
+      d_loss = self.crit(logits, torch.cat([ones, zeros]))
+    else:
+      real_target = ones + self.real_noise * torch.rand(b) if self.real_noise else ones
+      d_loss = self.scale * (self.crit(self.d(real), real_target)
+                             + self.crit(self.d(fake.detach()), zeros))
+    d_loss.backward()
+    self.d_opt.step()
+    # G update through the updated D.
+    self.g_opt.zero_grad(set_to_none=True)
+    g_loss = self.scale * self.crit(self.d(fake), ones)
+    g_loss.backward()
+    self.g_opt.step()
+    return d_loss.detach(), g_loss.detach()
+
+
+def time_steps(name, batch=64, warmup=3, repeats=5, steps=5):
+  """Median ms/step over `repeats` timings of `steps` training steps each,
+  after `warmup` steps, on uniform [-1, 1] 'real' data, with torch's default
+  thread count; also the fastest and slowest repeat and the models' sizes."""
+  gan = TorchGAN(name, batch)
+  real = torch.rand(batch, *gan.shape) * 2 - 1
+  for _ in range(warmup):
+    gan.step(real)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    for _ in range(steps):
+      gan.step(real)
+    times.append((time.perf_counter() - t) / steps)
+  ms = 1e3 * statistics.median(times)
+  return {"name": name, "config": CONFIGS[name][0], "batch": batch,
+          "threads": torch.get_num_threads(), "ms_per_step": ms,
+          "ms_min": 1e3 * min(times), "ms_max": 1e3 * max(times),
+          "images_per_sec": batch / (ms / 1e3),
+          "g_params": _count(gan.g), "d_params": _count(gan.d)}
+
+
+if __name__ == "__main__":
+  for arch in ARCHITECTURES:
+    print(time_steps(arch))
