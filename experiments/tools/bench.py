@@ -1,7 +1,7 @@
 r"""Training-speed benchmark: the seed architectures at batch 64 on random data.
 
-  python experiments/tools/bench.py                        # the four seed GANs
-  python experiments/tools/bench.py --against torch        # + PyTorch, same run
+  python experiments/tools/bench.py                    # the four seed GANs
+  python experiments/tools/bench.py --against torch    # + PyTorch, same run
   python experiments/tools/bench.py dcgan28 --dtype bfloat16 --steps-per-call 10
   python experiments/tools/bench.py experiments/wgan_gp_fashion_mnist.py --batch 0
 
@@ -14,8 +14,9 @@ images. Reported: steady-state ms/step and images/s (median of --repeats
 timings after one warm-up call), compile time, XLA's FLOPs per step (compiled
 cost analysis), achieved GFLOP/s and its fraction of this device's measured
 matmul peak (fp32, and bf16 with fp32 accumulation), and XLA's peak buffer
-memory. `--input` also times the TFDS input pipeline (Fashion-MNIST, when
-prepared) per step. `--against torch` runs experiments/tools/torch_reference.py's
+memory. `--input N` also times N steps of the tf.data input pipeline alone
+(Fashion-MNIST, for the 28x28x1 models), the host work that `data.on_device`
+removes. `--against torch` runs experiments/tools/torch_reference.py's
 PyTorch models (eager, torch.optim.Adam, BCEWithLogitsLoss) in the same run
 and prints the ratio. `--config.KEY=VALUE` overrides every config.
 """
@@ -98,11 +99,13 @@ def bench_jax(cfg, name, k, repeats, input_steps=0) -> dict:
 
 def input_ms_per_step(cfg, c, mesh, n) -> float | None:
   """Host time per step of the TFDS pipeline (read, shuffle, normalise,
-  batch, shard to device) alone, on Fashion-MNIST where it is prepared."""
+  batch, shard to device) alone, on Fashion-MNIST (28x28x1 models only)."""
   if c.image_shape != (28, 28, 1):
     return None
+  data_config = cfg.data.copy_and_resolve_references()
+  data_config.update(source="tfds", name="fashion_mnist", split="train")
   try:
-    source = data.TrainData(cfg.data, cfg.batch_size, cfg.seed, mesh, c.image_shape,
+    source = data.TrainData(data_config, cfg.batch_size, cfg.seed, mesh, c.image_shape,
                             batches_per_step=c.d_steps)
   except data.DataError:
     return None

@@ -1,0 +1,53 @@
+"""experiments/tools/bench.py runs and reports; the PyTorch reference models
+it compares against have exactly gan_jax's architectures."""
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gan_jax import train
+from gan_jax.config import load_config
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "experiments", "tools")
+sys.path.insert(0, TOOLS)
+import bench  # noqa: E402
+
+
+def test_bench_reports_every_column(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  bench.main(["dcgan28", "fc_gan", "--batch", "8", "--repeats", "1", "--steps-per-call", "2",
+              "--dtype", "float32", "bfloat16", "--json", str(out),
+              "--config.model.g_features=16", "--config.model.d_features=8",
+              "--config.model.g_hidden=(32,64)", "--config.model.d_hidden=(16,)"])
+  rows = json.load(open(out))["rows"]
+  assert [(r["name"], r["dtype"]) for r in rows] == [
+      ("dcgan28", "float32"), ("dcgan28", "bfloat16"), ("fc_gan", "float32"), ("fc_gan", "bfloat16")]
+  for r in rows:
+    for key in ("ms_per_step", "images_per_sec", "compile_s", "gflop_per_step",
+                "achieved_gflops", "peak_memory_mb", "peak_fraction"):
+      assert np.isfinite(r[key]) and r[key] > 0, (r["name"], key, r[key])
+    assert r["steps_per_call"] == 2 and r["batch"] == 8
+  table = capsys.readouterr().out
+  assert "| dcgan28 | gan_jax bfloat16 |" in table and "measured matmul peak" in table
+
+
+@pytest.mark.parametrize("arch", ["fc_gan", "dcgan28", "dcgan64", "lsgan32"])
+def test_torch_reference_has_the_same_architecture(arch):
+  """Same parameter count per tensor (sorted sizes) and output shapes."""
+  torch = pytest.importorskip("torch")
+  import torch_reference
+  cfg = load_config(os.path.join(TOOLS, "..", bench.SEEDS[arch] + ".py"))
+  c = train.build_components(cfg)
+  state = train.init_state(cfg, c, train.make_mesh())
+  g, d = torch_reference.build(arch)
+  for jax_params, module in ((state.g_params, g), (state.d_params, d)):
+    assert sorted(x.size for x in jax.tree.leaves(jax_params)) == sorted(
+        p.numel() for p in module.parameters())
+  z = torch.zeros(2, c.latent_dim)
+  x = g.eval()(z)
+  h, w, ch = c.image_shape
+  assert tuple(x.shape) == (2, ch, h, w) and tuple(d.eval()(x).shape) == (2,)
