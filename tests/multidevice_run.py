@@ -49,7 +49,7 @@ if __name__ == "__main__":
                                           "model.d_norm": "none", "ema_decay": 0.9})}
   # bfloat16 matmuls, 3 steps fused in one call, batches gathered on device.
   scenarios["bf16_fused_on_device"] = small_config(**{"model.dtype": "bfloat16",
-                                                      "data.on_device": True, "d_steps": 2})
+                                                      "data.on_device": True})
   rng = np.random.default_rng(0)
   IMAGES = rng.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
   out = {}

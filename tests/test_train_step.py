@@ -84,7 +84,7 @@ def test_fused_steps_equal_single_steps(overrides):
   """k steps fused in one lax.scan call == k calls of the single step."""
   cfg = small_config(**overrides)
   c, mesh, state, step = _setup(cfg)
-  k = 3
+  k = 2
   batches = _random_batches(cfg, c, k)
   single, singles = state, []
   for b in batches:
