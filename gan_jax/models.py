@@ -88,12 +88,13 @@ class Conv(NamedTuple):
   bias: bool | None = None
 
 
-def _spectral(layer: nn.Module, x: jax.Array, train: bool, on: bool = False) -> jax.Array:
-  """`layer(x)` in float32, with its weights spectrally normalised when `on`
+def _apply_layer(layer: nn.Module, x: jax.Array, train: bool,
+                 spectral_norm: bool = False) -> jax.Array:
+  """`layer(x)` in float32, with its weights spectrally normalised when `spectral_norm`
   (the power iteration's vectors update in training only). Mixed precision:
   a layer may multiply in bfloat16 (its `dtype`); what follows it (norms,
   activations, losses) always sees float32."""
-  y = nn.SpectralNorm(layer)(x, update_stats=train) if on else layer(x)
+  y = nn.SpectralNorm(layer)(x, update_stats=train) if spectral_norm else layer(x)
   return y.astype(jnp.float32)
 
 
@@ -108,7 +109,7 @@ def _apply_conv(spec: Conv, x, *, train, axis_name, upsample="phase", spectral_n
   cls = upsample_layer(upsample) if spec.transpose else layers.Conv
   conv = cls(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride), "SAME",
              use_bias=use_bias, kernel_init=dcgan_init, dtype=dtype)
-  x = _spectral(conv, x, train, spectral_norm)
+  x = _apply_layer(conv, x, train, spectral_norm)
   x = activate(normalise(x, spec.norm, train, axis_name), spec.act, spec.slope)
   if spec.dropout:
     x = nn.Dropout(spec.dropout, deterministic=not train)(x)
@@ -140,7 +141,7 @@ class ConvGenerator(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     chex.assert_shape(z, (None, self.latent_dim))
-    x = _spectral(nn.Dense(int(np.prod(self.start)), use_bias=self.project_bias,
+    x = _apply_layer(nn.Dense(int(np.prod(self.start)), use_bias=self.project_bias,
                            kernel_init=dcgan_init, dot_general=_dot(self.dtype)), z, train)
     x = x.reshape(z.shape[0], *self.start)
     x = activate(normalise(x, self.project_norm, train, self.axis_name),
@@ -175,7 +176,7 @@ class ConvDiscriminator(nn.Module):
 
 
 def _dense_logit(h, train, spectral_norm, batch):
-  logits = _spectral(nn.Dense(1, kernel_init=dcgan_init), h, train, spectral_norm)
+  logits = _apply_layer(nn.Dense(1, kernel_init=dcgan_init), h, train, spectral_norm)
   chex.assert_shape(logits, (batch, 1))
   return logits[:, 0]
 
@@ -194,8 +195,10 @@ class MLPGenerator(nn.Module):
     chex.assert_shape(z, (None, self.latent_dim))
     h = z
     for width in self.hidden:
-      h = activate(_spectral(nn.Dense(width, dot_general=_dot(self.dtype)), h, train), self.act)
-    x = _spectral(nn.Dense(int(np.prod(self.out_shape)), dot_general=_dot(self.dtype)), h, train)
+      h = activate(_apply_layer(nn.Dense(width, dot_general=_dot(self.dtype)), h, train),
+                   self.act)
+    x = _apply_layer(nn.Dense(int(np.prod(self.out_shape)), dot_general=_dot(self.dtype)), h,
+                     train)
     x = jnp.tanh(x).reshape(z.shape[0], *self.out_shape)
     return to_pixel_range(x, self.pixel_range)
 
@@ -213,7 +216,7 @@ class MLPDiscriminator(nn.Module):
     chex.assert_shape(x, (None, *self.in_shape))
     h = x.reshape(x.shape[0], -1)
     for width in self.hidden:
-      h = nn.leaky_relu(_spectral(nn.Dense(width, dot_general=_dot(self.dtype)), h, train,
+      h = nn.leaky_relu(_apply_layer(nn.Dense(width, dot_general=_dot(self.dtype)), h, train,
                                   self.spectral_norm), self.slope)
     return _dense_logit(h, train, self.spectral_norm, x.shape[0])
 

@@ -9,26 +9,24 @@ throughput can be compared with gan_jax's side by side. Images are NCHW.
 torch is an optional dependency of the benchmark only (gan_jax never imports
 it): pip install torch --index-url https://download.pytorch.org/whl/cpu
 """
+import os
 import statistics
 import time
 
 import torch
 from torch import nn
 
-ARCHITECTURES = ("fc_gan", "dcgan28", "dcgan64", "lsgan32")
+from bench import SEEDS  # name -> gan_jax experiment
+from gan_jax.config import load_config
 
-# name -> (gan_jax experiment, image shape CHW, latent dim, latent dist, loss,
-#          G lr, D lr, real-label noise); Adam betas are (0.5, 0.999) for all.
-CONFIGS = {
-    "fc_gan": ("fc_gan_mnist", (1, 28, 28), 128, "uniform", "non_saturating_joint",
-               2e-4, 2e-4, 0.0),
-    "dcgan28": ("dcgan_fashion_mnist", (1, 28, 28), 100, "normal", "non_saturating",
-                2e-4, 2e-4, 0.0),
-    "dcgan64": ("dcgan_color64", (3, 64, 64), 100, "normal", "non_saturating",
-                3e-4, 1e-4, 0.05),
-    "lsgan32": ("lsgan_cifar10", (3, 32, 32), 100, "normal", "least_squares",
-                2e-4, 2e-4, 0.0),
-}
+ARCHITECTURES = tuple(SEEDS)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def experiment_config(name):
+  """The gan_jax experiment's config: latents, loss, optimiser and label
+  noise are read from it, so both sides train the same setting."""
+  return load_config(os.path.join(HERE, "..", SEEDS[name] + ".py"))
 
 
 def _up(cin, cout, k, s, bias=False):
@@ -113,12 +111,15 @@ class TorchGAN:
   G update through D(fake) with the updated D."""
 
   def __init__(self, name, batch=64):
-    _, self.shape, self.latent_dim, self.latent_dist, self.loss, g_lr, d_lr, \
-        self.real_noise = CONFIGS[name]
-    self.batch = batch
+    cfg = experiment_config(name)
+    mc, opt = cfg.model, cfg.optim
+    self.shape = (mc.channels, mc.image_size, mc.image_size)
+    self.latent_dim, self.latent_dist, self.loss = mc.latent_dim, mc.latent_dist, cfg.loss
+    self.real_noise = cfg.real_label_noise
+    betas = (opt.b1, opt.b2)
     self.g, self.d = build(name)
-    self.g_opt = torch.optim.Adam(self.g.parameters(), lr=g_lr, betas=(0.5, 0.999))
-    self.d_opt = torch.optim.Adam(self.d.parameters(), lr=d_lr, betas=(0.5, 0.999))
+    self.g_opt = torch.optim.Adam(self.g.parameters(), lr=opt.g_lr, betas=betas)
+    self.d_opt = torch.optim.Adam(self.d.parameters(), lr=opt.d_lr, betas=betas)
     self.crit = nn.MSELoss() if self.loss == "least_squares" else nn.BCEWithLogitsLoss()
     self.scale = 0.5 if self.loss == "least_squares" else 1.0
 
@@ -165,7 +166,7 @@ def time_steps(name, batch=64, warmup=3, repeats=5, steps=5):
       gan.step(real)
     times.append((time.perf_counter() - t) / steps)
   ms = 1e3 * statistics.median(times)
-  return {"name": name, "config": CONFIGS[name][0], "batch": batch,
+  return {"name": name, "config": SEEDS[name], "batch": batch,
           "threads": torch.get_num_threads(), "ms_per_step": ms,
           "ms_min": 1e3 * min(times), "ms_max": 1e3 * max(times),
           "images_per_sec": batch / (ms / 1e3),
