@@ -11,6 +11,13 @@ Run (from the repository root):
       --workdir workdirs/dcgan_fashion_mnist
 
 Override any value with --config.KEY=VALUE, e.g. --config.num_epochs=1.
+
+Every epoch (and at the end) G is scored against the test split with the
+domain classifier (FD, KID, IS, precision/recall on 10k samples: scores in
+metrics.jsonl and eval/, the best state by FD in checkpoints_best/). Score a
+checkpoint later with:
+
+  python -m gan_jax eval --workdir workdirs/dcgan_fashion_mnist
 """
 from gan_jax.config import base_config
 
@@ -33,4 +40,5 @@ def get_config():
   c.steps_per_call = 5
   c.num_epochs = 3
   c.sample_every = 500
+  c.eval.every = 937   # once per epoch (60000 // 64 steps)
   return c

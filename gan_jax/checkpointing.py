@@ -2,6 +2,8 @@
 last K, written asynchronously while training goes on."""
 from __future__ import annotations
 
+import json
+import math
 import os
 
 import jax
@@ -12,8 +14,9 @@ from absl import logging
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one state pytree."""
 
-  def __init__(self, workdir: str, keep: int, read_only: bool = False):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  def __init__(self, workdir: str, keep: int, read_only: bool = False,
+               subdir: str = "checkpoints"):
+    self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -46,3 +49,33 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class BestCheckpoint:
+  """The state with the best score so far in `checkpoints_best/` (one kept),
+  and that score, its step and its protocol in `best.json`."""
+
+  def __init__(self, workdir: str, metric: str, higher_is_better: bool):
+    self.metric, self.higher = metric, higher_is_better
+    self.json_path = os.path.join(workdir, "best.json")
+    self.ckpt = Checkpointer(workdir, keep=1, subdir="checkpoints_best")
+    self.best = None
+    if os.path.exists(self.json_path):  # resumed run: beat the earlier best
+      with open(self.json_path) as f:
+        self.best = json.load(f)["value"]
+
+  def update(self, step: int, state, report: dict) -> bool:
+    value = report["scores"][self.metric]
+    better = self.best is None or (value > self.best if self.higher else value < self.best)
+    if not (better and math.isfinite(value)):
+      return False
+    self.ckpt.save(step, state)
+    self.best = value
+    tmp = self.json_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"metric": self.metric, "value": value, "step": step, **report}, f, indent=2)
+    os.replace(tmp, self.json_path)
+    return True
+
+  def close(self) -> None:
+    self.ckpt.close()

@@ -2,16 +2,19 @@
 
   gan-jax train  --config experiments/dcgan_fashion_mnist.py --workdir DIR [--config.KEY=VALUE ...]
   gan-jax sample --workdir DIR [--num 64] [--step N]
+  gan-jax eval   --workdir DIR [--step N] [--out FILE] [--config.eval.KEY=VALUE ...]
+  gan-jax eval   --config experiments/dcgan_fashion_mnist.py --split train   (a real split vs eval.split)
   gan-jax prepare --config experiments/dcgan_fashion_mnist.py   (data only)
   gan-jax -v ...   (INFO logs of gan_jax, Orbax and TFDS)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from gan_jax.config import ConfigError, apply_overrides, load_config
+from gan_jax.config import ConfigError, apply_overrides, load_config, with_defaults
 
 
 def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -50,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--num", type=int, default=64, help="number of samples")
   sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   sample.add_argument("--seed", type=int, default=0, help="seed of the latent batch")
+  evaluate = sub.add_parser(
+      "eval", help="score a work directory's checkpoint (FD, KID, IS, precision/recall) "
+      "and write a JSON report")
+  evaluate.add_argument("--workdir", default=None,
+                        help="work directory (report: DIR/eval/step_N.json)")
+  evaluate.add_argument("--config", default=None,
+                        help="experiment file (default: the workdir's config.json)")
+  evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  evaluate.add_argument("--split", default=None,
+                        help="score this real split instead of a generator (the data's "
+                        "own baseline against eval.split)")
+  evaluate.add_argument("--out", default=None, help="report path (default: see --workdir)")
   return parser
 
 
@@ -57,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   overrides = _split_overrides(extra, parser)
+  if args.command == "eval" and not (args.workdir or (args.config and args.split)):
+    parser.error("eval needs --workdir (a trained run), or --config and --split")
   config_path = args.config or os.path.join(args.workdir, "config.json")
   try:
-    config = apply_overrides(load_config(config_path), overrides)
+    config = apply_overrides(with_defaults(load_config(config_path)), overrides)
   except ConfigError as e:
     print(f"gan-jax: error: {e}", file=sys.stderr)
     return 2
@@ -68,16 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
   from absl import logging
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
-  from gan_jax import data, idx, outputs, sampling, train
+  from gan_jax import data, idx, metrics, outputs, sampling, train
   # Errors about the user's input or environment: one clear line, no traceback.
   user_errors = (ConfigError, data.DataError, idx.IDXError, outputs.DivergenceError,
-                 FileNotFoundError)
+                 FileNotFoundError, metrics.FewSamplesError)
   try:
     if args.command == "prepare":
       builder = data.prepared_builder(config.data)
       print(f"{config.data.name} is prepared in {builder.data_dir}")
     elif args.command == "train":
       train.train_and_evaluate(config, args.workdir)
+    elif args.command == "eval":
+      from gan_jax import evaluation
+      report, path = evaluation.evaluate_command(config, args.workdir, step=args.step,
+                                                 split=args.split, out=args.out)
+      print(json.dumps(report, indent=2))
+      print(f"report written to {path}", file=sys.stderr)
     else:
       print("\n".join(sampling.write_samples(config, args.workdir, args.num,
                                               step=args.step, seed=args.seed)))

@@ -32,6 +32,22 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   return config
 
 
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with the keys it lacks taken from base_config() (a config.json
+  saved before a key existed, e.g. the eval section)."""
+  merged = base_config()
+  def fill(dst, src):
+    for k, v in src.items():
+      if isinstance(v, ml_collections.ConfigDict) and k in dst:
+        fill(dst[k], v)
+      else:
+        with dst.ignore_type():   # json gives lists where the code has tuples
+          dst[k] = v
+  fill(merged, config)
+  merged.lock()
+  return merged
+
+
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   keys = []
   for k, v in config.items():
@@ -169,4 +185,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.export_generator_every_epochs = 0  # G params to generator/; 0 = at the end only
   c.progress_bar = True
+
+  c.eval = ml_collections.ConfigDict()   # scores of G (gan_jax.evaluation)
+  c.eval.every = 0                   # steps between evaluations in training (and at the end);
+                                     # 0 = off
+  c.eval.num_samples = 10_000        # generated images per evaluation
+  c.eval.num_real = 10_000           # real images: the first N of eval.split; 0 = all of it
+  c.eval.split = "test"              # the real reference split
+  c.eval.extractor = "domain"        # 'domain' (classifier trained here) or 'inception' (FID)
+  c.eval.metrics = "fd,kid,is,pr"    # comma-separated subset of fd, kid, is, pr
+  c.eval.best_metric = "fd"          # keeps checkpoints_best/ by this score; "" = none
+  c.eval.batch_size = 500
+  c.eval.inception_weights = ""      # converted FID Inception weights (.msgpack)
+  c.eval.cache_dir = ""              # "" = $GAN_JAX_CACHE or ~/.cache/gan_jax
+  c.eval.allow_few_samples = False   # FD with fewer samples than feature dimensions
+  c.eval.kid_subsets = 100
+  c.eval.kid_subset_size = 1000
+  c.eval.is_splits = 10
+  c.eval.pr_k = 3                    # k of the k-NN manifolds of precision/recall
+  c.eval.seed = 0                    # generated latents and KID subsets
+  c.eval.classifier_seed = 0         # the domain classifier's training seed
   return c

@@ -91,7 +91,7 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  rows = read_metrics(metrics_path)
+  rows = [r for r in read_metrics(metrics_path) if "d_loss" in r]   # not the eval rows
   steps = [r["step"] for r in rows]
   fig, ax = plt.subplots(figsize=(7, 4))
   for key in ("d_loss", "g_loss"):
@@ -112,4 +112,12 @@ def export_generator(path: str, variables: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "wb") as f:
     f.write(flax.serialization.to_bytes(jax.device_get(variables)))
+  os.replace(path + ".tmp", path)
+
+
+def write_report(path: str, report: dict) -> None:
+  """A JSON evaluation report, written whole or not at all."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(report, f, indent=2)
   os.replace(path + ".tmp", path)

@@ -26,7 +26,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from gan_jax import checkpointing, data, losses, models, outputs
+from gan_jax import checkpointing, data, evaluation, losses, models, outputs
 from gan_jax.config import ConfigError
 from gan_jax.state import GANState, create_state, make_optimizers
 
@@ -291,6 +291,13 @@ def make_generate(c: Components):
   return generate
 
 
+def evaluate_state(evaluator: evaluation.Evaluator, generate, state: GANState,
+                   latents: jax.Array) -> dict[str, Any]:
+  """The evaluator's report on G's samples (EMA params, inference mode)."""
+  report = evaluator.score_generator(lambda z: generate(state, z), latents)
+  return {"step": int(state.step), **report}
+
+
 def fixed_latents(config: ml_collections.ConfigDict, c: Components, n: int) -> jax.Array:
   """The same latent batch for every sample grid of a run (GANMonitor)."""
   return sample_latents(jax.random.PRNGKey(config.seed + 1), n, c)
@@ -319,6 +326,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   lo, hi = config.data.pixel_range
   if not lo < hi:
     raise ConfigError(f"data.pixel_range must be (low, high) with low < high, got {(lo, hi)}")
+  if config.eval.every:
+    evaluation.validate_eval_config(config, num_devices)
 
 
 def _every(count: int, period: int) -> bool:
@@ -333,9 +342,10 @@ class Events(NamedTuple):
   export: bool
   sample: bool
   epoch: int
+  eval: bool = False
 
   def any(self) -> bool:
-    return self.log or self.save or self.export or self.sample
+    return self.log or self.save or self.export or self.sample or self.eval
 
 
 def events_after(done: int, total: int, config: ml_collections.ConfigDict,
@@ -348,7 +358,8 @@ def events_after(done: int, total: int, config: ml_collections.ConfigDict,
       export=last or (epoch_end and _every(epoch, config.export_generator_every_epochs)),
       sample=last or _every(done, config.sample_every) or (
           epoch_end and _every(epoch, config.sample_every_epochs)),
-      epoch=epoch)
+      epoch=epoch,
+      eval=config.eval.every > 0 and (last or _every(done, config.eval.every)))
 
 
 def chunk_sizes(start: int, total: int, k: int, has_event) -> Iterator[int]:
@@ -373,6 +384,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+
+  evaluator = best = None
+  if config.eval.every:
+    # Before training: a bad eval setting fails now, and the extractor (the
+    # domain classifier is trained once, then cached) and the real statistics
+    # are ready for every evaluation.
+    evaluator = evaluation.Evaluator(config, c.image_shape, mesh)
+    eval_latents = sample_latents(jax.random.PRNGKey(config.eval.seed), config.eval.num_samples, c)
+    if config.eval.best_metric:
+      best = checkpointing.BestCheckpoint(
+          workdir, config.eval.best_metric, evaluation.HIGHER_IS_BETTER[config.eval.best_metric])
 
   state = init_state(config, c, mesh)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -407,7 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
       done += k
       bar.update(k)
       now_do = events(done)
-      if now_do.log or now_do.save or now_do.export:
+      if now_do.log or now_do.save or now_do.export or now_do.eval:
         # The only host syncs: every step's metrics are checked before a log
         # line or a checkpoint, so a diverged state is never saved.
         stacked = jax.device_get(pending)
@@ -431,6 +453,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
         outputs.save_image_grid(np.asarray(generate(state, z_grid)),
                                 os.path.join(workdir, "samples", f"step_{done:07d}.png"),
                                 pixel_range)
+      if now_do.eval:
+        report = evaluate_state(evaluator, generate, state, eval_latents)
+        outputs.write_report(os.path.join(workdir, "eval", f"step_{done:07d}.json"), report)
+        writer.write(done, {f"eval/{k}": v for k, v in report["scores"].items()})
+        if best is not None:
+          best.update(done, state, report)
       if now_do.save:
         ckpt.save(done, state)
       if now_do.export:
@@ -440,6 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   finally:
     bar.close()
     ckpt.close()
+    if best is not None:
+      best.close()
     writer.close()
   outputs.plot_losses(os.path.join(workdir, "metrics.jsonl"),
                       os.path.join(workdir, "losses.png"))

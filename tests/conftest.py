@@ -21,6 +21,7 @@ def small_config(**overrides):
     cfg.sample_every = 2
     cfg.checkpoint_every = 2
     cfg.num_grid_samples = 16
+    cfg.eval.every = 0   # tests that score G turn it on
     for key, value in overrides.items():
       node = cfg
       *parents, leaf = key.split(".")
@@ -55,8 +56,7 @@ def small_cfg():
   return small_config()
 
 
-@pytest.fixture
-def no_local_idx_files(monkeypatch):
+def hide_local_idx_files(monkeypatch):
   """Mocked TFDS stands in for the dataset and its download: hide any local IDX
   folder (such as Debian's) and skip the source-reachability check, so data
   preparation takes TFDS's own (mocked) download route."""
@@ -65,6 +65,11 @@ def no_local_idx_files(monkeypatch):
   for name in idx.DEBIAN_IDX_DIRS:
     monkeypatch.setitem(idx.DEBIAN_IDX_DIRS, name, ())
   monkeypatch.setattr(data, "_check_reachable", lambda url: None)
+
+
+@pytest.fixture
+def no_local_idx_files(monkeypatch):
+  hide_local_idx_files(monkeypatch)
 
 
 def write_image_folder(folder, n: int, seed: int = 0, bad: int = 0):

@@ -30,6 +30,7 @@ def _shrunk(path):
     cfg.sample_every = 2
     cfg.num_grid_samples = 4
     cfg.data.shuffle_buffer = 64
+    cfg.eval.every = 0   # scoring needs thousands of samples (tests/test_evaluation.py)
   return cfg
 
 

@@ -5,14 +5,17 @@ quality, to compare runs of one model (not a substitute for FID).
   gan-jax sample --workdir DIR --num 5000      # writes DIR/samples/samples_*.npy
   python experiments/tools/pixel_fd.py DIR/samples/samples_step2811_n5000_seed0.npy ...
 
-Samples are expected in [-1, 1] (the default pixel range). Needs scipy.
+Samples are expected in [-1, 1] (the default pixel range). The distance is
+gan_jax.metrics' (float64 moments, eigh square root); `gan-jax eval` gives the
+feature-space scores.
 """
 import argparse
 import gzip
 import os
 
 import numpy as np
-import scipy.linalg
+
+from gan_jax import metrics
 
 IDX = "/usr/share/datasets/fashion-mnist"
 
@@ -23,10 +26,7 @@ def read_idx_images(path):
 
 
 def frechet(a, b):
-  m1, m2 = a.mean(0), b.mean(0)
-  c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  root = scipy.linalg.sqrtm(c1 @ c2).real
-  return float(((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * root))
+  return metrics.frechet_from_moments(metrics.moments_of(a), metrics.moments_of(b))
 
 
 def main():

@@ -1,0 +1,150 @@
+"""Evaluation end to end under tfds.testing.mock_data: periodic scores in
+training, the best checkpoint, the `eval` CLI report, the real-statistics
+cache and the guard rails. The domain classifier is the real one, trained on
+the mock data with a small budget."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import hide_local_idx_files, small_config
+from gan_jax import cli, config as config_lib, evaluation, metrics, outputs, train
+
+N = 200   # samples per side: above the classifier's 128 feature dimensions
+pytestmark = pytest.mark.usefixtures("no_local_idx_files")
+
+
+def eval_config(cache, **overrides):
+  cfg = small_config(**{
+      "eval.every": 2, "eval.num_samples": N, "eval.num_real": N, "eval.batch_size": 100,
+      "eval.cache_dir": str(cache), "eval.kid_subsets": 4, "eval.kid_subset_size": 50,
+      "eval.is_splits": 2, **overrides})
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 4-step run with an evaluation every 2 steps."""
+  root = tmp_path_factory.mktemp("eval")
+  cfg = eval_config(root / "cache", num_steps=4)
+  with pytest.MonkeyPatch.context() as mp, tfds.testing.mock_data(num_examples=256):
+    hide_local_idx_files(mp)
+    train.train_and_evaluate(cfg, str(root / "run"))
+  return root, cfg
+
+
+def test_periodic_eval_writes_reports_metrics_and_best_checkpoint(trained):
+  root, _ = trained
+  run = root / "run"
+  reports = {s: json.loads((run / "eval" / f"step_{s:07d}.json").read_text()) for s in (2, 4)}
+  for step, rep in reports.items():
+    assert rep["step"] == step
+    assert set(rep["scores"]) == {"fd", "kid", "kid_std", "is", "is_std", "is_single",
+                                  "precision", "recall"}
+    assert all(np.isfinite(v) for v in rep["scores"].values())
+    p = rep["protocol"]
+    assert p["extractor"] == "domain:fashion_mnist" and len(p["weights_sha256"]) == 64
+    assert (p["n_real"], p["n_fake"], p["split"], p["resize"]) == (N, N, "test", "none")
+    assert 0.0 <= p["extractor_test_accuracy"] <= 1.0
+    assert 1.0 <= rep["scores"]["is"] <= 10.0
+  rows = [r for r in outputs.read_metrics(run / "metrics.jsonl") if "eval/fd" in r]
+  assert [r["step"] for r in rows] == [2, 4]
+  assert [r["eval/fd"] for r in rows] == [reports[s]["scores"]["fd"] for s in (2, 4)]
+  best = json.loads((run / "best.json").read_text())
+  best_step = min(reports, key=lambda s: reports[s]["scores"]["fd"])
+  assert (best["metric"], best["step"]) == ("fd", best_step)
+  assert best["value"] == reports[best_step]["scores"]["fd"]
+  assert sorted(os.listdir(run / "checkpoints_best")) == [str(best_step)]
+  assert (run / "losses.png").exists()   # the plot skips the eval rows
+
+
+def test_eval_cli_reproduces_the_training_report(trained, capsys):
+  root, _ = trained
+  run = root / "run"
+  out = root / "cli_report.json"
+  with tfds.testing.mock_data(num_examples=256):
+    rc = cli.main(["eval", "--workdir", str(run), "--out", str(out)])
+  assert rc == 0
+  report = json.loads(out.read_text())
+  assert json.loads(capsys.readouterr().out) == report
+  in_training = json.loads((run / "eval" / "step_0000004.json").read_text())
+  assert report["step"] == 4 and report["protocol"] == in_training["protocol"]
+  for k, v in in_training["scores"].items():   # same state, latents and statistics
+    assert report["scores"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+
+
+def test_eval_cli_on_a_real_split(trained):
+  root, cfg = trained
+  cfg_path = root / "run" / "config.json"
+  out = root / "split.json"
+  with tfds.testing.mock_data(num_examples=256):
+    rc = cli.main(["eval", "--config", str(cfg_path), "--split", "train", "--out", str(out)])
+  assert rc == 0
+  report = json.loads(out.read_text())
+  assert report["protocol"]["fake_source"] == "split:train"
+  assert np.isfinite(report["scores"]["fd"])
+
+
+def test_real_statistics_come_from_the_cache(trained, monkeypatch):
+  root, cfg = trained
+  stats = list((root / "cache" / "stats").glob("*.npz"))
+  assert len(stats) == 1
+  def no_extract(*args, **kwargs):
+    raise AssertionError("real features recomputed despite the cache")
+  mesh = train.make_mesh()
+  with tfds.testing.mock_data(num_examples=256):
+    monkeypatch.setattr(evaluation, "extract", no_extract)
+    ev = evaluation.Evaluator(cfg, (28, 28, 1), mesh)
+    assert ev.real.n == N and ev.real.features.shape == (N, 128)
+    # other real images (a different count) are another cache entry
+    cfg2 = eval_config(root / "cache", **{"eval.num_real": N + 10})
+    with pytest.raises(AssertionError, match="recomputed"):
+      evaluation.Evaluator(cfg2, (28, 28, 1), mesh)
+
+
+def test_too_few_samples_for_the_features_is_an_error(trained):
+  root, _ = trained
+  cfg = eval_config(root / "cache", **{"eval.num_samples": 50})
+  with tfds.testing.mock_data(num_examples=256):
+    with pytest.raises(metrics.FewSamplesError, match="50 samples for 128-dimensional"):
+      evaluation.Evaluator(cfg, (28, 28, 1), train.make_mesh())
+    rc = cli.main(["eval", "--workdir", str(root / "run"), "--config.eval.num_samples=50",
+                   "--out", str(root / "few.json")])
+  assert rc == 1 and not (root / "few.json").exists()
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("eval.extractor", "vgg", "unknown eval.extractor 'vgg'"),
+    ("eval.metrics", "fd,lpips", r"unknown \['lpips'\]"),
+    ("eval.best_metric", "is", "eval.best_metric='is' is not among"),
+    ("eval.kid_subsets", 0, "eval.kid_subsets' must be positive"),
+])
+def test_bad_eval_settings_fail_before_training(tmp_path, key, value, match):
+  cfg = eval_config(tmp_path, **{key: value, "eval.metrics": "fd,kid"}
+                    if key != "eval.metrics" else {key: value})
+  with pytest.raises(config_lib.ConfigError, match=match):
+    train.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_domain_extractor_needs_labels(tmp_path):
+  cfg = eval_config(tmp_path, **{"data.source": "folder", "data.folder": str(tmp_path)})
+  with pytest.raises(config_lib.ConfigError, match="has no labels"):
+    evaluation.Evaluator(cfg, (28, 28, 1), train.make_mesh())
+
+
+def test_inception_extractor_without_weights_names_the_key(tmp_path):
+  cfg = eval_config(tmp_path, **{"eval.extractor": "inception"})
+  with pytest.raises(config_lib.ConfigError, match="eval.inception_weights"):
+    evaluation.Evaluator(cfg, (28, 28, 1), train.make_mesh())
+
+
+def test_old_config_json_without_eval_section_gets_defaults(tmp_path):
+  cfg = small_config()
+  d = json.loads(cfg.to_json_best_effort())
+  del d["eval"]
+  (tmp_path / "config.json").write_text(json.dumps(d))
+  merged = config_lib.with_defaults(config_lib.load_config(str(tmp_path / "config.json")))
+  assert merged.eval.extractor == "domain" and merged.batch_size == cfg.batch_size
