@@ -11,7 +11,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import small_config  # noqa: E402
-from gan_jax import data, train  # noqa: E402
+from gan_jax import classifier, data, evaluation, train  # noqa: E402
 
 
 def run(devices, batches, cfg):
@@ -39,6 +39,23 @@ def run(devices, batches, cfg):
   return history, [float(np.sum(np.abs(x))) for x in jax.tree.leaves(params)]
 
 
+def scores(devices):
+  """Every score of two image sets, their feature batches split over
+  `devices` (batches of 100 rows: padded to 104 on 8 devices), with a
+  randomly initialised domain classifier."""
+  module = classifier.DomainClassifier(num_classes=10)
+  variables = module.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  extractor = evaluation.Extractor("domain:random", "", "none", 128,
+                                   jax.jit(lambda x: module.apply(variables, x)))
+  mesh = train.make_mesh(devices)
+  rng = np.random.default_rng(1)
+  real, fake = (rng.uniform(0, 1, (300, 28, 28, 1)).astype(np.float32) ** p for p in (1, 2))
+  sets = [evaluation.extract(extractor, (x[i:i + 100] for i in range(0, 300, 100)), mesh,
+                             keep_features=True, keep_logits=True) for x in (real, fake)]
+  cfg = small_config(**{"eval.kid_subset_size": 100, "eval.kid_subsets": 5, "eval.is_splits": 3})
+  return evaluation.scores(*sets, evaluation.METRICS, cfg.eval)
+
+
 if __name__ == "__main__":
   assert jax.device_count() == 8, jax.devices()
   # The default DCGAN with noisy labels; a WGAN with an R1 penalty, 3 critic
@@ -58,4 +75,5 @@ if __name__ == "__main__":
     batches = [rng.permutation(len(IMAGES))[:rows].astype(np.int32) if cfg.data.on_device
                else rng.uniform(-1, 1, (rows, 28, 28, 1)).astype(np.float32) for _ in range(3)]
     out[name] = {"n8": run(jax.devices(), batches, cfg), "n1": run(jax.devices()[:1], batches, cfg)}
+  out["eval"] = {"n8": scores(jax.devices()), "n1": scores(jax.devices()[:1])}
   print("RESULT " + json.dumps(out))

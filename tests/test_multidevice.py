@@ -12,7 +12,8 @@ def test_eight_devices_equal_one_device():
   """Same global batches on 8 (fake CPU) devices and on 1: same losses,
   gradient norms and parameters after 3 steps, for a DCGAN with noisy labels,
   for a WGAN with an R1 penalty, 3 critic steps (each on its own batch) and an EMA, and
-  for bfloat16 matmuls with 3 steps fused and batches gathered on device."""
+  for bfloat16 matmuls with 3 steps fused and batches gathered on device; and
+  every evaluation score with feature batches split over 8 devices vs 1."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
@@ -21,7 +22,13 @@ def test_eight_devices_equal_one_device():
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   out = json.loads(line[len("RESULT "):])
-  assert set(out) == {"dcgan", "wgan_r1", "bf16_fused_on_device"}
+  assert set(out) == {"dcgan", "wgan_r1", "bf16_fused_on_device", "eval"}
+  # Evaluation: feature batches split over 8 devices give the same scores.
+  ev = out.pop("eval")
+  assert set(ev["n8"]) == {"fd", "kid", "kid_std", "is", "is_std", "is_single", "precision",
+                           "recall"}
+  for key, v1 in ev["n1"].items():
+    assert abs(ev["n8"][key] - v1) <= 1e-5 * max(1.0, abs(v1)), (key, ev["n8"][key], v1)
   for name, runs in out.items():
     (h8, p8), (h1, p1) = runs["n8"], runs["n1"]
     assert len(h8) == len(h1) == 3
