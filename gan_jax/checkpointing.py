@@ -1,14 +1,134 @@
 """Orbax checkpoints of the GAN state: every N steps and at the end, keep the
-last K, written asynchronously while training goes on."""
+last K, written asynchronously while training goes on.
+
+Faults:
+
+- A save cut short (kill -9, power loss) leaves only Orbax's temporary
+  `<step>.orbax-checkpoint-tmp-<time>` directory: Orbax writes a step there
+  and commits it by renaming it to `<step>`, never lists a temporary
+  directory as a step, and (`cleanup_tmp_directories`) deletes it when a
+  writer opens the directory. Resuming takes the last complete step.
+- A checkpoint that does not restore (a truncated or missing file) is
+  skipped with a warning for the one before it, and moved aside to
+  `<step>.corrupt` so training can write that step again.
+- A checkpoint whose shapes do not fit the config is a
+  `CheckpointMismatchError` naming every entry, found from the checkpoint's
+  metadata before any array is read (a config problem, not corruption).
+- `StopOnSignal` turns SIGTERM / SIGINT into a flag the training loop polls,
+  so a preempted run checkpoints the step it reached and exits cleanly.
+"""
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import math
 import os
+import signal
+import sys
+import threading
+import traceback
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from gan_jax.config import ConfigError
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a directory restores."""
+
+
+class CheckpointMismatchError(ConfigError):
+  """A checkpoint's arrays do not have the shapes the config gives them."""
+
+
+def _path_name(path) -> str:
+  """A key path as 'g_params/Dense_0/kernel': dict keys, attribute names and
+  sequence indices alike, so a GANState and Orbax's metadata (plain dicts
+  and lists) name an entry the same way."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return {_path_name(p): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
+
+
+def shape_mismatches(saved, target) -> list[str]:
+  """'entry: checkpoint S vs config T' (or where only one side has it) for
+  every entry of `saved` (checkpoint metadata) and `target` that differs."""
+  have, want = _shapes(saved), _shapes(target)
+  out = []
+  for name in sorted(have.keys() | want.keys()):
+    if name not in want:
+      out.append(f"{name}: checkpoint {have[name]}, not in config")
+    elif name not in have:
+      out.append(f"{name}: config {want[name]}, not in checkpoint")
+    elif have[name] != want[name]:
+      out.append(f"{name}: checkpoint {have[name]} vs config {want[name]}")
+  return out
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message` of the root cause (Orbax wraps the
+  TensorStore error that names the file in pages of JSON), shortened."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = str(e).strip().splitlines()
+  text = text[0] if text else ""
+  text = text if len(text) <= limit else text[:limit] + "..."
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _orbax_leftover(exc_type, exc, tb, obj=None) -> bool:
+  """Noise that a failed Orbax restore leaves behind once it has raised:
+  its abandoned read coroutines (each prints a page of TensorStore spec when
+  collected), their never-retrieved futures, and TensorStore callbacks into
+  the event loop Orbax has closed."""
+  code = getattr(obj, "cr_code", None)
+  if code is not None and "orbax" in code.co_filename:
+    return True
+  frames = traceback.extract_tb(tb) if tb is not None else []
+  if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+    return any(f.name == "call_soon_threadsafe" for f in frames)
+  return any("orbax" in f.filename for f in frames)
+
+
+class _NoOrbaxLeftovers(logging_std.Filter):
+  def filter(self, record) -> bool:
+    return not (record.exc_info and "never retrieved" in record.getMessage()
+                and _orbax_leftover(*record.exc_info))
+
+
+_quiet = False
+
+
+def _quiet_orbax_leftovers() -> None:
+  """After a restore failed (and was reported, in one warning), drops its
+  leftovers from stderr for the rest of the process: they come from Orbax's
+  threads and garbage collection, seconds later."""
+  global _quiet
+  if _quiet:
+    return
+  _quiet = True
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _orbax_leftover(unraisable.exc_type, unraisable.exc_value,
+                           unraisable.exc_traceback, unraisable.object):
+      previous(unraisable)
+  sys.unraisablehook = hook
+  logging_std.getLogger("asyncio").addFilter(_NoOrbaxLeftovers())
 
 
 class Checkpointer:
@@ -17,38 +137,148 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, read_only: bool = False,
                subdir: str = "checkpoints"):
     self.directory = os.path.abspath(os.path.join(workdir, subdir))
+    self.read_only = read_only
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only,
-            read_only=read_only, enable_async_checkpointing=True))
+            read_only=read_only, enable_async_checkpointing=True,
+            # Half-written steps of a killed run (never listed as steps).
+            cleanup_tmp_directories=not read_only),
+        # Known up front, so a step's metadata reads before any restore.
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def check_fits(self, target, step: int) -> None:
+    """Raises CheckpointMismatchError naming each entry of checkpoint `step`
+    whose shape differs from `target`'s; other errors (unreadable metadata)
+    are left to the caller."""
+    metadata = self.manager.metadata(step).item_metadata
+    saved = getattr(metadata, "tree", metadata)
+    if not _shapes(saved):
+      raise ValueError(f"checkpoint {step} has no readable array metadata")
+    bad = shape_mismatches(saved, target)
+    if bad:
+      raise CheckpointMismatchError(
+          f"checkpoint {step} in {self.directory} does not fit this config (trained with "
+          f"other model settings?): " + "; ".join(bad))
 
   def restore(self, target, step: int | None = None):
     """Restores `step` (default: latest) into the shapes, dtypes and shardings of `target`."""
     step = self.manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    self.check_fits(target, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def restore_latest(self, target):
-    """The latest checkpoint if there is one, else `target` unchanged."""
-    if self.manager.latest_step() is None:
-      return target
-    logging.info("restoring checkpoint %d from %s", self.manager.latest_step(), self.directory)
-    return self.restore(target)
+    """The latest checkpoint that restores, else `target` unchanged if there
+    is none. A step that fails to restore is reported and skipped for the
+    one before it; a config that does not fit is an error at once."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
+      logging.info("restoring checkpoint %d from %s", step, self.directory)
+      try:
+        state = self.restore(target, step)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # noqa: BLE001 - any failure to read means a damaged step
+        error = _first_line(e)
+      else:
+        self._set_aside([s for s, _ in failed])
+        return state
+      _quiet_orbax_leftovers()
+      failed.append((step, error))
+      logging.warning("checkpoint %d in %s does not restore (%s); trying the one before it",
+                      step, self.directory, error)
+    if failed:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} restores: " + "; ".join(
+              f"step {s}: {e}" for s, e in failed) +
+          "; move that directory away to start from scratch")
+    return target
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames damaged steps to `<step>.corrupt` (kept for inspection, no
+    longer a step), so training can save those steps again."""
+    if self.read_only or not steps or jax.process_index() != 0:
+      return
+    for step in steps:
+      src = os.path.join(self.directory, str(step))
+      if not os.path.isdir(src):
+        continue
+      dst, n = src + ".corrupt", 1
+      while os.path.exists(dst):
+        dst, n = f"{src}.corrupt{n}", n + 1
+      os.rename(src, dst)
+      logging.warning("moved the damaged checkpoint %d to %s", step, dst)
+    self.manager.reload()
 
   def save(self, step: int, state) -> bool:
     """Saves now; the caller decides when (Orbax's own interval logic would
     also save the first step it sees)."""
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
+  def wait(self) -> None:
+    """Blocks until every save started so far is committed."""
+    self.manager.wait_until_finished()
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class StopOnSignal:
+  """SIGTERM and SIGINT set a flag (`signum`) instead of killing the process,
+  between `install()` and `uninstall()` (only in the main thread, where
+  Python runs signal handlers); the training loop polls it, saves and stops.
+
+  Only the first signal counts: a second one (another Ctrl-C while the final
+  checkpoint is written) is ignored, so nothing is cut halfway. kill -9
+  still ends the process at once and leaves the last complete checkpoint."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None       # the first signal received
+    self.stopped_at: int | None = None   # the step training stopped at because of it
+    self._previous: dict = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else ""
+
+  def _handle(self, signum, frame) -> None:
+    # No I/O here: printing while the interrupted main thread prints raises
+    # "reentrant call".
+    if self.signum is None:
+      self.signum = signum
+
+  def install(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for s in self.SIGNALS:
+      self._previous[s] = signal.signal(s, self._handle)
+
+  def uninstall(self) -> None:
+    for s, handler in self._previous.items():
+      # None: a handler not set from Python; the default is the best guess.
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    self._previous = {}
+
+  def stopped(self, step: int) -> None:
+    """Records and reports that training stopped at `step`, checkpointed."""
+    self.stopped_at = step
+    print(f"stopped by {self.name} at step {step}; checkpoint saved", file=sys.stderr,
+          flush=True)
 
 
 class BestCheckpoint:

@@ -1,11 +1,17 @@
 """Command line: `gan-jax train|sample ...` (also `python -m gan_jax`).
 
   gan-jax train  --config experiments/dcgan_fashion_mnist.py --workdir DIR [--config.KEY=VALUE ...]
+                 [--coordinator HOST:PORT --num-processes N --process-id I]   (multi-host; SLURM: detected)
   gan-jax sample --workdir DIR [--num 64] [--step N]
   gan-jax eval   --workdir DIR [--step N] [--out FILE] [--config.eval.KEY=VALUE ...]
   gan-jax eval   --config experiments/dcgan_fashion_mnist.py --split train   (a real split vs eval.split)
   gan-jax prepare --config experiments/dcgan_fashion_mnist.py   (data only)
   gan-jax -v ...   (INFO logs of gan_jax, Orbax and TFDS)
+
+SIGTERM or Ctrl-C (SIGINT) during `train` checkpoints the step reached and
+exits with 128 + the signal number (143 / 130), as a process killed by it
+would, after "stopped by SIGTERM at step N; checkpoint saved"; the same
+command resumes. A finished run exits 0, a user error 1 (2: bad arguments).
 """
 from __future__ import annotations
 
@@ -34,6 +40,11 @@ def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> dict[
   return overrides
 
 
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value else None
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="gan-jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
   train = sub.add_parser("train", help="train (or resume) an experiment in a work directory")
   train.add_argument("--config", required=True, help="experiment file with get_config()")
   train.add_argument("--workdir", required=True, help="where checkpoints, samples and metrics go")
+  # Multi-host runs outside SLURM (under `srun` everything is detected).
+  env = os.environ.get
+  train.add_argument("--coordinator", default=env("GAN_JAX_COORDINATOR"), metavar="HOST:PORT",
+                     help="multi-process: address of process 0's coordinator, the same for "
+                     "every process ($GAN_JAX_COORDINATOR)")
+  train.add_argument("--num-processes", type=int, default=_env_int("GAN_JAX_NUM_PROCESSES"),
+                     metavar="N", help="multi-process: number of processes "
+                     "($GAN_JAX_NUM_PROCESSES)")
+  train.add_argument("--process-id", type=int, default=_env_int("GAN_JAX_PROCESS_ID"),
+                     metavar="I", help="multi-process: this process, 0..N-1 ($GAN_JAX_PROCESS_ID)")
   prepare = sub.add_parser("prepare", help="prepare the experiment's TFDS dataset and exit")
   prepare.add_argument("--config", required=True, help="experiment file with get_config()")
   prepare.set_defaults(workdir=None)
@@ -85,16 +106,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
   from absl import logging
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
-  from gan_jax import data, idx, metrics, outputs, sampling, train
+  if args.command == "train":
+    # Before anything touches a jax device: on several processes the device
+    # list is the whole cluster's.
+    from gan_jax import distributed
+    if distributed.initialize(args.coordinator, args.num_processes, args.process_id):
+      import jax
+      if jax.process_count() > 1:
+        if config.eval.every:
+          print("gan-jax: error: evaluation during training (eval.every) runs on one process "
+                "only; train with --config.eval.every=0 and run `gan-jax eval` afterwards",
+                file=sys.stderr)
+          return 2
+        if jax.process_index() != 0:
+          config.progress_bar = False   # one progress bar, process 0's
+  from gan_jax import checkpointing, data, idx, metrics, outputs, sampling, train
   # Errors about the user's input or environment: one clear line, no traceback.
   user_errors = (ConfigError, data.DataError, idx.IDXError, outputs.DivergenceError,
+                 checkpointing.CheckpointError,
                  FileNotFoundError, metrics.FewSamplesError)
   try:
     if args.command == "prepare":
       builder = data.prepared_builder(config.data)
       print(f"{config.data.name} is prepared in {builder.data_dir}")
     elif args.command == "train":
-      train.train_and_evaluate(config, args.workdir)
+      stop = checkpointing.StopOnSignal()
+      train.train_and_evaluate(config, args.workdir, stop=stop)
+      if stop.stopped_at is not None:
+        return 128 + stop.signum   # stopped early (saved): not a finished run
     elif args.command == "eval":
       from gan_jax import evaluation
       report, path = evaluation.evaluate_command(config, args.workdir, step=args.step,

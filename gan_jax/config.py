@@ -186,6 +186,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.export_generator_every_epochs = 0  # G params to generator/; 0 = at the end only
   c.progress_bar = True
 
+  c.sweep = ml_collections.ConfigDict()  # K GANs in one program (gan_jax.sweep)
+  c.sweep.seeds = 0                  # K members with seeds seed .. seed+K-1; 0 = off
+
   c.eval = ml_collections.ConfigDict()   # scores of G (gan_jax.evaluation)
   c.eval.every = 0                   # steps between evaluations in training (and at the end);
                                      # 0 = off

@@ -3,7 +3,8 @@
 source images (uint8, decoded once, cached) -> seeded shuffle (a new order
 each epoch) -> normalise to the configured pixel range -> global batch
 (drop_remainder) -> split over the devices of the mesh -> prefetch to device.
-TensorFlow runs on the CPU only.
+TensorFlow runs on the CPU only. On several processes (multi-host), each
+process feeds the rows of every global batch that its own devices hold.
 
 On-device mode (`data.on_device`, for datasets that fit in device memory):
 the whole split is put on every device once, as uint8, and the host sends
@@ -92,18 +93,37 @@ def gather_batch(images: jax.Array, indices: jax.Array, pixel_range) -> jax.Arra
   return x * np.float32((hi - lo) / 255.0) + np.float32(lo)
 
 
-def shard_batch(batch: np.ndarray, mesh: jax.sharding.Mesh, spec=P("data")) -> jax.Array:
+def shard_batch(batch: np.ndarray, mesh: jax.sharding.Mesh, spec=P("data"),
+                rows: int | None = None) -> jax.Array:
   """A host batch -> one global array split over the mesh's `data` axis (for
-  a stack of step batches, spec P(None, 'data'))."""
-  return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), batch)
+  a stack of step batches, spec P(None, 'data')). `batch` holds this
+  process's rows (`process_rows`) of a global batch of `rows` rows; on one
+  process, the whole batch."""
+  shape = None
+  if rows is not None:
+    axis = tuple(spec).index("data")
+    shape = batch.shape[:axis] + (rows,) + batch.shape[axis + 1:]
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), batch, shape)
+
+
+def process_rows(mesh: jax.sharding.Mesh, rows: int) -> np.ndarray:
+  """Positions of the rows this process's devices hold when a batch of `rows`
+  rows is split over the mesh's `data` axis, in order (what
+  `make_array_from_process_local_data` expects of the process's data): one
+  contiguous slice per process when each process's devices are adjacent in
+  the mesh, as in `jax.devices()` order; every row on one process."""
+  sharding = NamedSharding(mesh, P("data"))
+  slices = {index[0].indices(rows)[:2]
+            for index in sharding.addressable_devices_indices_map((rows,)).values()}
+  return np.concatenate([np.arange(a, b) for a, b in sorted(slices)])
 
 
 def prefetch_to_device(iterator: Iterator[np.ndarray], mesh, size: int = 2,
-                       spec=P("data")) -> Iterator[jax.Array]:
+                       spec=P("data"), rows: int | None = None) -> Iterator[jax.Array]:
   """Keeps `size` batches in flight to the devices ahead of the consumer."""
   queue = collections.deque()
   for batch in iterator:
-    queue.append(shard_batch(batch, mesh, spec))
+    queue.append(shard_batch(batch, mesh, spec, rows))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
@@ -179,6 +199,13 @@ class TrainData:
   `batches_per_step` consecutive global batches (one per D update). With
   `data.on_device`, `device_images()` holds the split and the host sends
   indices (`chunks(..., indices=True)`), in exactly the same order.
+
+  Multi-process: every process reads the whole split and computes the same
+  seeded epoch order, then feeds only the rows of each step's global batch
+  that its own devices hold (`process_rows`). This is the equivalent of
+  `tfds.split_for_jax_process` that keeps the global batch identical for any
+  process count: a run on N processes trains on exactly the batches of the
+  one-process run (same results, same resume position).
   """
 
   def __init__(self, data_config: Any, global_batch: int, seed: int,
@@ -200,6 +227,13 @@ class TrainData:
     self.seed = seed
     self.mesh = mesh
     self.config = data_config
+    # This process's rows of a step batch, as positions in the stacked
+    # global batches, in device-major order (`device_major`): what its
+    # devices hold, in their order. None: every row as it comes (one process,
+    # one batch per step).
+    rows = device_major(np.arange(self.step_batch), batches_per_step, mesh.devices.size)
+    rows = rows[process_rows(mesh, self.step_batch)]
+    self._rows = None if np.array_equal(rows, np.arange(self.step_batch)) else rows
 
   @staticmethod
   def describe(data_config) -> str:
@@ -215,42 +249,51 @@ class TrainData:
                     seed=self.seed * 100_003 + epoch, reshuffle_each_iteration=False)
     return ds.batch(self.step_batch, drop_remainder=True)
 
-  def epoch(self, epoch: int) -> tf.data.Dataset:
-    """One epoch of normalised global batches in the (seed, epoch) order."""
-    ds = self._shuffle(self._images, epoch).map(
+  @staticmethod
+  def _take_rows(ds: tf.data.Dataset, rows: np.ndarray | None) -> tf.data.Dataset:
+    return ds if rows is None else ds.map(lambda x: tf.gather(x, rows))
+
+  def epoch(self, epoch: int, rows: np.ndarray | None = None) -> tf.data.Dataset:
+    """One epoch of normalised global batches in the (seed, epoch) order
+    (with `rows`, only those rows of each batch, in that order: only they
+    are normalised)."""
+    ds = self._take_rows(self._shuffle(self._images, epoch), rows).map(
         lambda x: normalise(x, self.config.pixel_range), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
-  def epoch_indices(self, epoch: int) -> tf.data.Dataset:
-    """The source positions of `epoch(epoch)`'s batches, batch by batch."""
-    return self._shuffle(tf.data.Dataset.range(self.num_examples), epoch)
+  def epoch_indices(self, epoch: int, rows: np.ndarray | None = None) -> tf.data.Dataset:
+    """The source positions of `epoch(epoch, rows)`'s batches, batch by batch."""
+    return self._take_rows(self._shuffle(tf.data.Dataset.range(self.num_examples), epoch), rows)
 
   def host_batches(self, start_step: int = 0, indices: bool = False) -> Iterator[np.ndarray]:
     """Endless per-step host arrays from `start_step` on: the normalised
-    images, or (`indices`) their int32 positions in `device_images()`."""
+    images, or (`indices`) their int32 positions in `device_images()`; this
+    process's rows of each step's batches, in device-major order."""
     epoch, skip = divmod(start_step, self.steps_per_epoch)
     while True:
-      ds = self.epoch_indices(epoch) if indices else self.epoch(epoch)
+      ds = (self.epoch_indices(epoch, self._rows) if indices
+            else self.epoch(epoch, self._rows))
       for batch in ds.skip(skip).as_numpy_iterator():
-        batch = batch.astype(np.int32) if indices else batch
-        yield device_major(batch, self.batches_per_step, self.mesh.devices.size)
+        yield batch.astype(np.int32) if indices else batch
       epoch, skip = epoch + 1, 0
 
   def batches(self, start_step: int = 0) -> Iterator[jax.Array]:
     """Endless device batches from global step `start_step` on."""
-    return prefetch_to_device(self.host_batches(start_step), self.mesh)
+    return prefetch_to_device(self.host_batches(start_step), self.mesh, rows=self.step_batch)
 
   def chunks(self, start_step: int, sizes: Iterator[int],
              indices: bool = False) -> Iterator[jax.Array]:
     """For each k in `sizes`, the next k steps' batches (or indices) stacked
-    into one (k, rows, ...) device array, for a fused k-step call."""
+    into one (k, rows, ...) device array, for a fused k-step call (each
+    process stacks its own rows)."""
     def stacked():
       rows = self.host_batches(start_step, indices)
       for k in sizes:
         yield np.stack([next(rows) for _ in range(k)])
-    return prefetch_to_device(stacked(), self.mesh, spec=P(None, "data"))
+    return prefetch_to_device(stacked(), self.mesh, spec=P(None, "data"), rows=self.step_batch)
 
   def device_images(self) -> jax.Array:
-    """The whole split as one uint8 array in source order, on every device."""
+    """The whole split as one uint8 array in source order, on every device
+    (every process puts the same copy on its own devices)."""
     images = np.concatenate(list(self._images.batch(4096).as_numpy_iterator()))
     return jax.device_put(images, NamedSharding(self.mesh, P()))

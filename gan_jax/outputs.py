@@ -1,7 +1,11 @@
 """What a run leaves in its work directory: metrics (JSON lines and
-TensorBoard events), sample grids, the loss curve and exported generators."""
+TensorBoard events), sample grids, the loss curve and exported generators.
+
+In a multi-process run only process 0 writes them (every writer here is a
+no-op elsewhere); the checkpoints are Orbax's, saved by all processes."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -11,10 +15,25 @@ import jax
 import numpy as np
 
 
+def main_process_only(fn):
+  """`fn` runs in process 0 only (returns None elsewhere): one copy of each
+  output however many processes train. `fn` must not run a collective."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    if jax.process_index() == 0:
+      return fn(*args, **kwargs)
+    return None
+  return wrapped
+
+
 class MetricWriter:
-  """Appends `{"step": s, **scalars}` to metrics.jsonl and to TensorBoard."""
+  """Appends `{"step": s, **scalars}` to metrics.jsonl and to TensorBoard
+  (in process 0; a no-op in the others)."""
 
   def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    if not self._active:
+      return
     # tensorboardX writes TensorBoard event files without TensorFlow's
     # summary ops (tensorflow-cpu does not bring the tensorboard package).
     from tensorboardX import SummaryWriter
@@ -22,6 +41,8 @@ class MetricWriter:
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self._active:
+      return
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
     for k, v in scalars.items():
@@ -29,6 +50,8 @@ class MetricWriter:
     self._tb.flush()
 
   def close(self) -> None:
+    if not self._active:
+      return
     self._jsonl.close()
     self._tb.close()
 
@@ -60,6 +83,7 @@ def image_grid(images: np.ndarray, pixel_range=(-1.0, 1.0), cols: int | None = N
   return grid
 
 
+@main_process_only
 def save_image_grid(images: np.ndarray, path: str, pixel_range=(-1.0, 1.0),
                     upscale: int = 2) -> None:
   from PIL import Image
@@ -71,6 +95,7 @@ def save_image_grid(images: np.ndarray, path: str, pixel_range=(-1.0, 1.0),
   img.save(path)
 
 
+@main_process_only
 def truncate_metrics(path: str, last_step: int) -> None:
   """Drops rows logged after `last_step`: on resume from that checkpoint the
   run logs those steps again, and the file must not hold them twice."""
@@ -86,6 +111,7 @@ def read_metrics(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+@main_process_only
 def plot_losses(metrics_path: str, png_path: str) -> None:
   """D and G loss against step, from metrics.jsonl."""
   import matplotlib
@@ -105,6 +131,7 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
   plt.close(fig)
 
 
+@main_process_only
 def export_generator(path: str, variables: dict) -> None:
   """G's variables alone (params + batch_stats) as a Flax msgpack file: the
   artefact to share or load without the training state; restore it with
@@ -115,6 +142,7 @@ def export_generator(path: str, variables: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
+@main_process_only
 def write_report(path: str, report: dict) -> None:
   """A JSON evaluation report, written whole or not at all."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -373,8 +373,17 @@ def chunk_sizes(start: int, total: int, k: int, has_event) -> Iterator[int]:
     step += n
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
-  """Trains (or resumes) the experiment in `workdir`; returns the final state."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop: checkpointing.StopOnSignal | None = None) -> GANState:
+  """Trains (or resumes) the experiment in `workdir`; returns the final state.
+
+  SIGTERM or SIGINT during the loop stops it after the current compiled
+  call: that step's metrics are checked, it is checkpointed (the save
+  finished), and its state returned; `stop` (made here if not given) then
+  says which signal and at which step. Running again resumes from there."""
+  if config.sweep.seeds:
+    from gan_jax import sweep  # K members in one program, outputs per member
+    return sweep.train_sweep(config, workdir)
   mesh = make_mesh()
   validate_config(config, mesh.devices.size)
   c = build_components(config)
@@ -382,8 +391,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   source = data.TrainData(config.data, config.batch_size, config.seed, mesh,
                           image_shape=c.image_shape, batches_per_step=c.d_steps)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
 
   evaluator = best = None
   if config.eval.every:
@@ -399,6 +406,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   state = init_state(config, c, mesh)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = ckpt.restore_latest(state)
+  # After the restore: a config that does not fit the checkpoint (an error
+  # above) leaves the run's config.json as it was.
+  if jax.process_index() == 0:  # multi-process: one writer (see gan_jax.outputs)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   start = int(state.step)
   outputs.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
   total = num_train_steps(config, source.steps_per_epoch)
@@ -422,6 +434,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
              disable=not config.progress_bar)
   inputs = source.chunks(start, iter(sizes), indices=on_device)
   done = start
+  stop = checkpointing.StopOnSignal() if stop is None else stop
+  stop.install()   # until the last save is committed: a signal only sets a flag
   try:
     for k in sizes:
       state, metrics = steps_fn(state, next(inputs), *images)
@@ -429,7 +443,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
       done += k
       bar.update(k)
       now_do = events(done)
-      if now_do.log or now_do.save or now_do.export or now_do.eval:
+      stopping = stop.requested and done < total
+      if now_do.log or now_do.save or now_do.export or now_do.eval or stopping:
         # The only host syncs: every step's metrics are checked before a log
         # line or a checkpoint, so a diverged state is never saved.
         stacked = jax.device_get(pending)
@@ -465,12 +480,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
         name = "final" if done == total else f"epoch_{now_do.epoch:04d}"
         outputs.export_generator(os.path.join(workdir, "generator", f"{name}.msgpack"),
                                  generator_variables(state))
+      if stopping:
+        # Preempted: this step (checked above) is saved, unless it just was,
+        # and committed before saying so; a later run resumes from it.
+        if not now_do.save:
+          ckpt.save(done, state)
+        ckpt.wait()
+        bar.close()
+        stop.stopped(done)
+        break
   finally:
-    bar.close()
-    ckpt.close()
-    if best is not None:
-      best.close()
-    writer.close()
+    try:
+      bar.close()
+      ckpt.close()
+      if best is not None:
+        best.close()
+      writer.close()
+    finally:
+      stop.uninstall()
   outputs.plot_losses(os.path.join(workdir, "metrics.jsonl"),
                       os.path.join(workdir, "losses.png"))
   return state

@@ -39,6 +39,16 @@ SEEDS = {"fc_gan": "fc_gan_mnist", "dcgan28": "dcgan_fashion_mnist",
          "dcgan64": "dcgan_color64", "lsgan32": "lsgan_cifar10"}
 
 
+def load_target(target, batch=0, dtype="float32", overrides=None):
+  """(config, name) of a SEEDS name or an experiment file, at `batch` (0 =
+  the config's own) and model dtype."""
+  path = os.path.join(HERE, "..", SEEDS[target] + ".py") if target in SEEDS else target
+  cfg = apply_overrides(load_config(path), {**(overrides or {}), "model.dtype": dtype})
+  if batch:
+    cfg.batch_size = batch
+  return cfg, target
+
+
 def matmul_peak(dtype, n=2048, repeats=5) -> float:
   """Best FLOP/s of an n^3 matmul on the default device (bf16 operands
   accumulate in fp32, the form gan_jax's bfloat16 mode uses)."""
@@ -150,11 +160,8 @@ def main(argv=None):
         flush=True)
   rows = []
   for target in args.targets:
-    path = os.path.join(HERE, "..", SEEDS[target] + ".py") if target in SEEDS else target
     for dtype in args.dtype:
-      cfg = apply_overrides(load_config(path), {**overrides, "model.dtype": dtype})
-      if args.batch:
-        cfg.batch_size = args.batch
+      cfg, _ = load_target(target, args.batch, dtype, overrides)
       row = bench_jax(cfg, target, args.steps_per_call, args.repeats, args.input)
       peak = bf16 if dtype == "bfloat16" else fp32
       row["peak_fraction"] = row["achieved_gflops"] * 1e9 / peak
