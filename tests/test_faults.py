@@ -166,6 +166,7 @@ def logged_steps(workdir):
           if "d_loss" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_checkpoints_the_step_reached_and_the_same_command_resumes(
     runs, reference, interrupted_runs, sig):
@@ -193,6 +194,7 @@ def test_signal_checkpoints_the_step_reached_and_the_same_command_resumes(
   assert_same_checkpoint(reference(), work, NUM_STEPS)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_save_resumes_from_the_last_complete_checkpoint(
     runs, reference, interrupted_runs):
   """SIGKILL while checkpoint 4 is written but not committed: Orbax's

@@ -4,10 +4,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device():
   """Same global batches on 8 (fake CPU) devices and on 1: same losses,
   gradient norms and parameters after 3 steps, for a DCGAN with noisy labels,

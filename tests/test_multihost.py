@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -57,6 +58,7 @@ def _wait_all(procs: dict, tmp_path, deadline: float) -> None:
     assert proc.returncode == 0 and "DONE" in log, f"{tag} exited {proc.returncode}:\n{log[-4000:]}"
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(tmp_path):
   deadline = time.monotonic() + TIMEOUT_S
   coordinator = f"127.0.0.1:{_free_port()}"

@@ -26,8 +26,8 @@ def assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("on_device,steps_per_call", [(False, 1), (True, 2)],
-                         ids=["tf.data", "on_device_fused"])
+@pytest.mark.parametrize("on_device,steps_per_call", [
+    pytest.param(False, 1, marks=pytest.mark.slow), (True, 2)], ids=["tf.data", "on_device_fused"])
 def test_same_seed_is_bitwise_equal_and_resume_equals_no_stop(tmp_path, on_device,
                                                                steps_per_call):
   """Two runs of 6 steps; and one stopped at step 3 (mid-epoch) and resumed

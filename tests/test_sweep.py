@@ -18,6 +18,7 @@ def _run(cfg, workdir):
     return jax.device_get(train.train_and_evaluate(cfg, str(workdir)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {"data.on_device": True, "steps_per_call": 2},
     {"d_steps": 2, "ema_decay": 0.9, "real_label_noise": 0.05},
@@ -50,6 +51,7 @@ def test_each_member_equals_the_single_run_with_its_seed(tmp_path, overrides):
     assert checkpointing.Checkpointer(str(d), 1).manager.all_steps() == [3]
 
 
+@pytest.mark.slow
 def test_sweep_resumes_every_member(tmp_path):
   cfg = lambda n: small_config(num_steps=n, sample_every=0, checkpoint_every=100,
                                **{"sweep.seeds": 2})
