@@ -142,11 +142,14 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> Any:
       bar.update(k)
       now_do = events(done)
       if now_do.log or now_do.save or now_do.export:
-        for m in jax.device_get(pending):   # each (K, k)
-          for i in range(len(seeds)):
-            for j in range(len(next(iter(m.values()))[i])):
+        stacked = jax.device_get(pending)   # each (K, k)
+        step = done - sum(len(next(iter(m.values()))[0]) for m in stacked)
+        for m in stacked:
+          for j in range(len(next(iter(m.values()))[0])):
+            step += 1   # a non-finite value is reported at its own step
+            for i, seed in enumerate(seeds):
               row = {name: v[i][j] for name, v in m.items()}
-              outputs.check_finite(done, {f"seed {seeds[i]} {n}": v for n, v in row.items()})
+              outputs.check_finite(step, {f"seed {seed} {n}": v for n, v in row.items()})
               checked[i].append(row)
         pending = []
       if now_do.log:
