@@ -30,6 +30,7 @@ import traceback
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging
 
 from gan_jax.config import ConfigError
@@ -239,7 +240,13 @@ class StopOnSignal:
 
   Only the first signal counts: a second one (another Ctrl-C while the final
   checkpoint is written) is ignored, so nothing is cut halfway. kill -9
-  still ends the process at once and leaves the last complete checkpoint."""
+  still ends the process at once and leaves the last complete checkpoint.
+
+  Several processes must stop at the same step (the checkpoint is written
+  collectively), though a signal may reach them at different steps or reach
+  only one. There, SIGTERM is left to JAX's preemption service (installed by
+  `jax.distributed.initialize`), which tells every process and agrees on a
+  step; SIGINT is passed on to it as a SIGTERM; `should_stop` asks it."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -262,11 +269,29 @@ class StopOnSignal:
     if self.signum is None:
       self.signum = signum
 
+  def _forward(self, signum, frame) -> None:
+    self._handle(signum, frame)
+    os.kill(os.getpid(), signal.SIGTERM)   # to JAX's preemption notifier
+
   def install(self) -> None:
     if threading.current_thread() is not threading.main_thread():
       return
+    if jax.process_count() > 1:
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._forward)
+      return
     for s in self.SIGNALS:
       self._previous[s] = signal.signal(s, self._handle)
+
+  def should_stop(self, call: int) -> bool:
+    """Whether to stop after this run's `call`-th compiled call (0, 1, ...,
+    the same sequence on every process): a signal arrived; on several
+    processes, once all of them have reached the call they agreed on."""
+    if jax.process_count() == 1:
+      return self.requested
+    if multihost_utils.reached_preemption_sync_point(call):
+      self.signum = self.signum or signal.SIGTERM
+      return True
+    return False
 
   def uninstall(self) -> None:
     for s, handler in self._previous.items():

@@ -83,7 +83,7 @@ def _parse(key: str, current, text: str):
     except (ValueError, SyntaxError):
       raise bad("a tuple, e.g. (-1.0, 1.0)") from None
     if not isinstance(value, (tuple, list)) or (current and len(value) != len(current)):
-      raise bad(f"a tuple of {len(current)} values")
+      raise bad(f"a tuple of {len(current)} values" if current else "a tuple, e.g. (1.0, 2.0)")
     return type(current)(value)
   if current is None:
     try:
@@ -188,6 +188,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sweep = ml_collections.ConfigDict()  # K GANs in one program (gan_jax.sweep)
   c.sweep.seeds = 0                  # K members with seeds seed .. seed+K-1; 0 = off
+  c.sweep.param = ""                 # a learning rate or loss weight (gan_jax.sweep.SWEEPABLE)
+  c.sweep.param_values = ()          # its values, one member each (x seeds)
 
   c.eval = ml_collections.ConfigDict()   # scores of G (gan_jax.evaluation)
   c.eval.every = 0                   # steps between evaluations in training (and at the end);

@@ -286,14 +286,24 @@ class TrainData:
     """For each k in `sizes`, the next k steps' batches (or indices) stacked
     into one (k, rows, ...) device array, for a fused k-step call (each
     process stacks its own rows)."""
-    def stacked():
-      rows = self.host_batches(start_step, indices)
-      for k in sizes:
-        yield np.stack([next(rows) for _ in range(k)])
-    return prefetch_to_device(stacked(), self.mesh, spec=P(None, "data"), rows=self.step_batch)
+    return member_chunks([self], start_step, sizes, indices, member_axis=False)
 
   def device_images(self) -> jax.Array:
     """The whole split as one uint8 array in source order, on every device
     (every process puts the same copy on its own devices)."""
     images = np.concatenate(list(self._images.batch(4096).as_numpy_iterator()))
     return jax.device_put(images, NamedSharding(self.mesh, P()))
+
+
+def member_chunks(sources: list[TrainData], start_step: int, sizes: Iterator[int],
+                  indices: bool = False, member_axis: bool = True) -> Iterator[jax.Array]:
+  """`TrainData.chunks` of each source (a sweep's members, each in its own
+  order), stacked into (K, k, rows, ...) device arrays; `member_axis=False`
+  takes one source and leaves the member axis out."""
+  def stacked():
+    rows = [s.host_batches(start_step, indices) for s in sources]
+    for k in sizes:
+      chunk = [np.stack([next(r) for _ in range(k)]) for r in rows]
+      yield np.stack(chunk) if member_axis else chunk[0]
+  spec = P(None, None, "data") if member_axis else P(None, "data")
+  return prefetch_to_device(stacked(), sources[0].mesh, spec=spec, rows=sources[0].step_batch)

@@ -30,9 +30,11 @@ class GANState:
   d_opt_state: optax.OptState
 
 
-def make_optimizers(optim_config: Any) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+def make_optimizers(optim_config: Any, g_lr=None, d_lr=None
+                    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """The configured optimiser for G and for D, with separate learning rates
-  (TTUR when they differ)."""
+  (TTUR when they differ); `g_lr`/`d_lr` replace the config's (a sweep
+  passes traced values: the optimiser state does not depend on them)."""
   o = optim_config
   makers = {
       "adam": lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps),
@@ -41,7 +43,8 @@ def make_optimizers(optim_config: Any) -> tuple[optax.GradientTransformation, op
   }
   if o.name not in makers:
     raise ConfigError(f"unknown optimiser optim.name={o.name!r}; valid: {sorted(makers)}")
-  return makers[o.name](o.g_lr), makers[o.name](o.d_lr)
+  return (makers[o.name](o.g_lr if g_lr is None else g_lr),
+          makers[o.name](o.d_lr if d_lr is None else d_lr))
 
 
 def create_state(seed: int, g: nn.Module, d: nn.Module, g_tx: optax.GradientTransformation,

@@ -26,7 +26,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from gan_jax import checkpointing, data, evaluation, losses, models, outputs
+from gan_jax import checkpointing, data, evaluation, losses, models, outputs, sweep
 from gan_jax.config import ConfigError
 from gan_jax.state import GANState, create_state, make_optimizers
 
@@ -87,6 +87,18 @@ def build_components(config: ml_collections.ConfigDict) -> Components:
   if not 0.0 <= c.ema_decay < 1.0:
     raise ConfigError(f"ema_decay must be in [0, 1), got {c.ema_decay}")
   return c
+
+
+def with_hparams(c: Components, optim_config: Any, hparams: dict[str, Any]) -> Components:
+  """`c` with one sweep member's values (traced scalars, see gan_jax.sweep)
+  in place of the config's: learning rates, penalty weights, EMA decay."""
+  if not hparams:
+    return c
+  lrs = {k.split(".")[1]: v for k, v in hparams.items() if k.startswith("optim.")}
+  g_tx, d_tx = make_optimizers(optim_config, **lrs) if lrs else (c.g_tx, c.d_tx)
+  return dataclasses.replace(
+      c, g_tx=g_tx, d_tx=d_tx, ema_decay=hparams.get("ema_decay", c.ema_decay),
+      penalties=tuple((n, hparams.get(f"penalty.{n}", w)) for n, w in c.penalties))
 
 
 def sample_latents(key: jax.Array, n: int, c: Components) -> jax.Array:
@@ -267,6 +279,31 @@ def make_train_steps(c: Components, mesh: jax.sharding.Mesh, pixel_range=(-1.0, 
   return jax.jit(steps, donate_argnums=0)
 
 
+def sweep_train_steps(states: GANState, inputs: jax.Array, images: jax.Array | None = None, *,
+                      c: Components, optim_config: Any, hparams: dict[str, jax.Array],
+                      pixel_range=(-1.0, 1.0), axis_name: str = AXIS):
+  """`train_steps` for every member of a sweep: states and inputs carry a
+  leading member axis (inputs (K, k, rows, ...)), `hparams` each swept key's
+  (K,) values; metrics come back (K, k)."""
+  def one(state, x, h):
+    return train_steps(state, x, images, c=with_hparams(c, optim_config, h),
+                       pixel_range=pixel_range, axis_name=axis_name)
+  return jax.vmap(one)(states, inputs, hparams)
+
+
+def make_sweep_steps(c: Components, mesh: jax.sharding.Mesh, optim_config: Any,
+                     hparams: dict[str, Any], pixel_range=(-1.0, 1.0), on_device: bool = False):
+  """`sweep_train_steps` over all devices of `mesh`, jitted, states donated;
+  called like `make_train_steps`' function."""
+  in_specs = (P(), P(None, None, AXIS)) + ((P(),) if on_device else ())
+  steps = jax.shard_map(
+      functools.partial(sweep_train_steps, c=c, optim_config=optim_config,
+                        hparams={k: jnp.asarray(v) for k, v in hparams.items()},
+                        pixel_range=tuple(pixel_range)),
+      mesh=mesh, in_specs=in_specs, out_specs=(P(), P()), check_vma=_check_vma(mesh))
+  return jax.jit(steps, donate_argnums=0)
+
+
 def replicate(tree, mesh: jax.sharding.Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
@@ -377,22 +414,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop: checkpointing.StopOnSignal | None = None) -> GANState:
   """Trains (or resumes) the experiment in `workdir`; returns the final state.
 
+  A sweep (`gan_jax.sweep`) trains its K members as one program, each with
+  its own outputs in `workdir/members/NAME`, and returns their states
+  stacked on a leading member axis.
+
   SIGTERM or SIGINT during the loop stops it after the current compiled
   call: that step's metrics are checked, it is checkpointed (the save
   finished), and its state returned; `stop` (made here if not given) then
   says which signal and at which step. Running again resumes from there."""
-  if config.sweep.seeds:
-    from gan_jax import sweep  # K members in one program, outputs per member
-    return sweep.train_sweep(config, workdir)
+  runs = sweep.members(config, workdir)
+  swept = sweep.is_sweep(config)   # a member axis on the state, inputs and metrics
   mesh = make_mesh()
   validate_config(config, mesh.devices.size)
-  c = build_components(config)
+  for m in runs:
+    build_components(m.config)   # every member's values are checked
+  c = build_components(sweep.static_config(config, runs))
   # The data first: a bad dataset fails before the work directory is touched.
-  source = data.TrainData(config.data, config.batch_size, config.seed, mesh,
-                          image_shape=c.image_shape, batches_per_step=c.d_steps)
-  os.makedirs(workdir, exist_ok=True)
+  # One source per seed: the epoch order depends only on the seed.
+  sources = {}
+  for m in runs:
+    if m.config.seed not in sources:
+      sources[m.config.seed] = data.TrainData(
+          config.data, config.batch_size, m.config.seed, mesh, image_shape=c.image_shape,
+          batches_per_step=c.d_steps)
+  source = sources[config.seed]
+  for m in runs:
+    os.makedirs(m.workdir, exist_ok=True)
 
-  evaluator = best = None
+  evaluator, best = None, [None] * len(runs)
   if config.eval.every:
     # Before training: a bad eval setting fails now, and the extractor (the
     # domain classifier is trained once, then cached) and the real statistics
@@ -400,104 +449,132 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     evaluator = evaluation.Evaluator(config, c.image_shape, mesh)
     eval_latents = sample_latents(jax.random.PRNGKey(config.eval.seed), config.eval.num_samples, c)
     if config.eval.best_metric:
-      best = checkpointing.BestCheckpoint(
-          workdir, config.eval.best_metric, evaluation.HIGHER_IS_BETTER[config.eval.best_metric])
+      best = [checkpointing.BestCheckpoint(
+          m.workdir, config.eval.best_metric,
+          evaluation.HIGHER_IS_BETTER[config.eval.best_metric]) for m in runs]
 
-  state = init_state(config, c, mesh)
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
-  state = ckpt.restore_latest(state)
+  ckpts = [checkpointing.Checkpointer(m.workdir, keep=config.keep_checkpoints) for m in runs]
+  states = [ck.restore_latest(init_state(m.config, c, mesh)) for ck, m in zip(ckpts, runs)]
+  starts = sorted({int(s.step) for s in states})
+  if len(starts) != 1:
+    raise ConfigError(f"sweep members are at different steps {starts} in {workdir}/members: "
+                      f"resume needs them at one step (delete the newer checkpoints)")
   # After the restore: a config that does not fit the checkpoint (an error
   # above) leaves the run's config.json as it was.
   if jax.process_index() == 0:  # multi-process: one writer (see gan_jax.outputs)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  start = int(state.step)
-  outputs.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+    for cfg, d in [(m.config, m.workdir) for m in runs] + ([(config, workdir)] if swept else []):
+      with open(os.path.join(d, "config.json"), "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+  state = replicate(sweep.stack(states), mesh) if swept else states[0]
+  del states
+  at = (lambda state, i: sweep.member(state, i)) if swept else (lambda state, i: state)
+  start = starts[0]
+  for m in runs:
+    outputs.truncate_metrics(os.path.join(m.workdir, "metrics.jsonl"), start)
   total = num_train_steps(config, source.steps_per_epoch)
   if start:
     logging.info("resuming from step %d of %d", start, total)
   on_device = config.data.on_device
-  steps_fn = make_train_steps(c, mesh, config.data.pixel_range, on_device)
+  if swept:
+    steps_fn = make_sweep_steps(c, mesh, config.optim, sweep.stacked_hparams(runs),
+                                config.data.pixel_range, on_device)
+  else:
+    steps_fn = make_train_steps(c, mesh, config.data.pixel_range, on_device)
   images = (source.device_images(),) if on_device else ()
   events = functools.partial(events_after, total=total, config=config,
                              steps_per_epoch=source.steps_per_epoch)
   sizes = list(chunk_sizes(start, total, config.steps_per_call, lambda n: events(n).any()))
   generate = make_generate(c)
+  grids = jax.jit(jax.vmap(generate, in_axes=(0, None))) if swept else (
+      lambda state, z: generate(state, z)[None])
   z_grid = fixed_latents(config, c, config.num_grid_samples)
-  writer = outputs.MetricWriter(workdir)
+  writers = [outputs.MetricWriter(m.workdir) for m in runs]
   pixel_range = tuple(config.data.pixel_range)
+  # Non-finite metrics name the member in a sweep.
+  labels = [f"{m.name} " if swept else "" for m in runs]
 
   pending: list[dict[str, jax.Array]] = []   # on device, not yet checked
-  checked: list[dict[str, np.ndarray]] = []   # on host, finite, not yet logged
+  checked: list[list[dict[str, np.ndarray]]] = [[] for _ in runs]   # per member: on host, finite
   t_last, step_last = time.perf_counter(), start
   bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
              disable=not config.progress_bar)
-  inputs = source.chunks(start, iter(sizes), indices=on_device)
+  inputs = data.member_chunks([sources[m.config.seed] for m in runs], start, iter(sizes),
+                              indices=on_device, member_axis=swept)
   done = start
   stop = checkpointing.StopOnSignal() if stop is None else stop
   stop.install()   # until the last save is committed: a signal only sets a flag
   try:
-    for k in sizes:
+    for call, k in enumerate(sizes):
       state, metrics = steps_fn(state, next(inputs), *images)
       pending.append(metrics)
       done += k
       bar.update(k)
       now_do = events(done)
-      stopping = stop.requested and done < total
+      stopping = stop.should_stop(call) and done < total
       if now_do.log or now_do.save or now_do.export or now_do.eval or stopping:
         # The only host syncs: every step's metrics are checked before a log
         # line or a checkpoint, so a diverged state is never saved.
-        stacked = jax.device_get(pending)
-        rows = [{name: v[i] for name, v in m.items()} for m in stacked
-                for i in range(len(next(iter(m.values()))))]
-        for i, m in enumerate(rows):
-          outputs.check_finite(done - len(rows) + i + 1, m)
-          checked.append(m)
+        # each name -> (K, k): K members (1 outside a sweep), k steps
+        synced = [m if swept else {n: v[None] for n, v in m.items()}
+                  for m in jax.device_get(pending)]
+        step = done - sum(next(iter(m.values())).shape[1] for m in synced)
+        for m in synced:
+          for j in range(next(iter(m.values())).shape[1]):
+            step += 1   # a non-finite value is reported at its own step
+            for i, label in enumerate(labels):
+              row = {n: v[i][j] for n, v in m.items()}
+              outputs.check_finite(step, {label + n: v for n, v in row.items()})
+              checked[i].append(row)
         pending = []
       if now_do.log:
-        row = {k: float(np.mean([m[k] for m in checked])) for k in checked[0]}
-        checked = []
         now = time.perf_counter()
-        row["steps_per_sec"] = (done - step_last) / (now - t_last)
-        row["images_per_sec"] = row["steps_per_sec"] * config.batch_size * c.d_steps
-        row["epoch"] = done / source.steps_per_epoch
+        rate = (done - step_last) / (now - t_last)
+        for i, w in enumerate(writers):
+          row = {n: float(np.mean([m[n] for m in checked[i]])) for n in checked[i][0]}
+          row.update(steps_per_sec=rate, images_per_sec=rate * config.batch_size * c.d_steps,
+                     epoch=done / source.steps_per_epoch)
+          w.write(done, row)
+          if i == 0:
+            bar.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}")
+        checked = [[] for _ in runs]
         t_last, step_last = now, done
-        writer.write(done, row)
-        bar.set_postfix(d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}")
       if now_do.sample:
-        outputs.save_image_grid(np.asarray(generate(state, z_grid)),
-                                os.path.join(workdir, "samples", f"step_{done:07d}.png"),
-                                pixel_range)
+        for m, g in zip(runs, np.asarray(grids(state, z_grid))):
+          outputs.save_image_grid(g, os.path.join(m.workdir, "samples", f"step_{done:07d}.png"),
+                                  pixel_range)
       if now_do.eval:
-        report = evaluate_state(evaluator, generate, state, eval_latents)
-        outputs.write_report(os.path.join(workdir, "eval", f"step_{done:07d}.json"), report)
-        writer.write(done, {f"eval/{k}": v for k, v in report["scores"].items()})
-        if best is not None:
-          best.update(done, state, report)
-      if now_do.save:
-        ckpt.save(done, state)
-      if now_do.export:
-        name = "final" if done == total else f"epoch_{now_do.epoch:04d}"
-        outputs.export_generator(os.path.join(workdir, "generator", f"{name}.msgpack"),
-                                 generator_variables(state))
-      if stopping:
+        for i, m in enumerate(runs):
+          report = evaluate_state(evaluator, generate, at(state, i), eval_latents)
+          outputs.write_report(os.path.join(m.workdir, "eval", f"step_{done:07d}.json"), report)
+          writers[i].write(done, {f"eval/{k}": v for k, v in report["scores"].items()})
+          if best[i] is not None:
+            best[i].update(done, at(state, i), report)
+      if now_do.save or stopping:
         # Preempted: this step (checked above) is saved, unless it just was,
         # and committed before saying so; a later run resumes from it.
-        if not now_do.save:
-          ckpt.save(done, state)
-        ckpt.wait()
+        for i, ck in enumerate(ckpts):
+          ck.save(done, at(state, i))
+      if now_do.export:
+        name = "final" if done == total else f"epoch_{now_do.epoch:04d}"
+        for i, m in enumerate(runs):
+          outputs.export_generator(os.path.join(m.workdir, "generator", f"{name}.msgpack"),
+                                   generator_variables(at(state, i)))
+      if stopping:
+        for ck in ckpts:
+          ck.wait()
         bar.close()
         stop.stopped(done)
         break
   finally:
     try:
       bar.close()
-      ckpt.close()
-      if best is not None:
-        best.close()
-      writer.close()
+      for closable in ckpts + [b for b in best if b is not None] + writers:
+        closable.close()
     finally:
       stop.uninstall()
-  outputs.plot_losses(os.path.join(workdir, "metrics.jsonl"),
-                      os.path.join(workdir, "losses.png"))
+  for m in runs:
+    outputs.plot_losses(os.path.join(m.workdir, "metrics.jsonl"),
+                        os.path.join(m.workdir, "losses.png"))
+  if swept:
+    logging.info("sweep of %d members done: %s", len(runs), [m.workdir for m in runs])
   return state

@@ -33,6 +33,19 @@ def test_bench_reports_every_column(tmp_path, capsys):
   assert "| dcgan28 | gan_jax bfloat16 |" in table and "measured matmul peak" in table
 
 
+def test_bench_sweep_reports_the_sweep_against_sequential_runs(tmp_path):
+  import bench_sweep
+  out = tmp_path / "sweep.json"
+  bench_sweep.main(["fc_gan", "--members", "2", "--batch", "8", "--repeats", "1",
+                    "--steps-per-call", "2", "--json", str(out)])
+  (row,) = json.load(open(out))
+  assert (row["name"], row["members"], row["batch"]) == ("fc_gan", 2, 8)
+  for key in ("single_ms_per_step", "sweep_ms_per_step", "single_compile_s", "sweep_compile_s"):
+    assert np.isfinite(row[key]) and row[key] > 0, (key, row[key])
+  np.testing.assert_allclose(row["sweep_share_of_sequential"],
+                             row["sweep_ms_per_step"] / (2 * row["single_ms_per_step"]))
+
+
 @pytest.mark.parametrize("arch", ["fc_gan", "dcgan28", "dcgan64", "lsgan32"])
 def test_torch_reference_has_the_same_architecture(arch):
   """Same parameter count per tensor (sorted sizes) and output shapes."""

@@ -60,6 +60,27 @@ def test_periodic_eval_writes_reports_metrics_and_best_checkpoint(trained):
   assert (run / "losses.png").exists()   # the plot skips the eval rows
 
 
+def test_a_sweep_evaluates_every_member(trained):
+  """Periodic evaluation in a seed sweep: each member gets its reports and
+  best checkpoint; member seed 0 scores what the single seed-0 run scored at
+  that step (the same extractor from the cache)."""
+  root, _ = trained
+  cfg = eval_config(root / "cache", num_steps=2, **{"sweep.seeds": 2})
+  with pytest.MonkeyPatch.context() as mp, tfds.testing.mock_data(num_examples=256):
+    hide_local_idx_files(mp)
+    train.train_and_evaluate(cfg, str(root / "sweep"))
+  single = json.loads((root / "run" / "eval" / "step_0000002.json").read_text())["scores"]
+  scores = []
+  for seed in (0, 1):
+    d = root / "sweep" / "members" / f"seed_{seed}"
+    scores.append(json.loads((d / "eval" / "step_0000002.json").read_text())["scores"])
+    assert json.loads((d / "best.json").read_text())["step"] == 2
+    assert os.listdir(d / "checkpoints_best") == ["2"]
+  for name in ("fd", "kid", "is", "precision", "recall"):
+    np.testing.assert_allclose(scores[0][name], single[name], rtol=1e-3, atol=1e-4, err_msg=name)
+  assert scores[0]["fd"] != scores[1]["fd"]
+
+
 def test_eval_cli_reproduces_the_training_report(trained, capsys):
   root, _ = trained
   run = root / "run"

@@ -8,8 +8,10 @@ import glob
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -290,3 +292,28 @@ def test_resume_with_shapes_that_do_not_fit_is_one_clear_error(tmp_path, referen
   assert "g_params/Dense_0/kernel: checkpoint (16, 1568) vs config (16, 784)" in errors[0]
   assert (work / "config.json").read_text() == config_json
   assert steps(work) == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_of_two_processes_stops_both_at_one_step(runs, tmp_path):
+  """Two processes of one run (loopback): SIGTERM reaches only process 1.
+  JAX's preemption service tells process 0 and both agree on a step: both
+  save it collectively and exit 128 + SIGTERM, naming the same step."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  work = tmp_path / "w"
+  procs = [runs(work, "--config.num_steps=10000", "--config.checkpoint_every=2",
+                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                "--process-id", str(i)) for i in (0, 1)]
+  procs[0].wait_for("COMMITTING 2")   # both are training (process 0 commits)
+  procs[1].proc.send_signal(signal.SIGTERM)
+  stopped = []
+  for run in procs:
+    rc, err = run.finish(), run.stderr()
+    assert rc == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err
+    stopped += [int(n) for n in re.findall(r"^stopped by SIGTERM at step (\d+); checkpoint saved$",
+                                           err, re.MULTILINE)]
+  assert len(stopped) == 2 and stopped[0] == stopped[1], stopped
+  assert 2 <= stopped[0] < 10000 and steps(work)[-1] == stopped[0] and not tmp_dirs(work)

@@ -33,7 +33,8 @@ def time_steps(steps, state, indices, images, k, repeats):
   def call():
     box[0], metrics = compiled(box[0], indices, images)
     return metrics
-  call()  # warm-up
+  for _ in range(3):  # warm-up: the first calls after compiling also touch fresh memory
+    call()
   return statistics.median(bench._timed(call, repeats)) / k, compile_s
 
 
@@ -51,7 +52,8 @@ def bench_sweep(cfg, name, members, k, repeats) -> dict:
   del single
   states = train.replicate(sweep.stack([train.init_state(m, c, mesh)
                                         for m in _members(cfg, members)]), mesh)
-  tk, ck = time_steps(sweep.make_sweep_steps(c, mesh, cfg.data.pixel_range, on_device=True),
+  tk, ck = time_steps(train.make_sweep_steps(c, mesh, cfg.optim, {}, cfg.data.pixel_range,
+                                             on_device=True),
                       states, data.shard_batch(idx, mesh, train.P(None, None, train.AXIS)),
                       images, k, repeats)
   return {"name": name, "members": members, "batch": cfg.batch_size,
@@ -65,7 +67,7 @@ def bench_sweep(cfg, name, members, k, repeats) -> dict:
 def _members(cfg, members):
   with cfg.unlocked():
     cfg.sweep.seeds = members
-  out = sweep.member_configs(cfg)
+  out = [m.config for m in sweep.members(cfg, "")]
   with cfg.unlocked():
     cfg.sweep.seeds = 0
   return out
