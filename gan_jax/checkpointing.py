@@ -19,6 +19,7 @@ Faults:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging as logging_std
 import math
@@ -145,7 +146,13 @@ class Checkpointer:
             max_to_keep=keep, create=not read_only,
             read_only=read_only, enable_async_checkpointing=True,
             # Half-written steps of a killed run (never listed as steps).
-            cleanup_tmp_directories=not read_only),
+            cleanup_tmp_directories=not read_only,
+            # Several managers save the same step at once (a sweep's members,
+            # the best checkpoint): each needs its own cross-process barriers.
+            # Named from the path as given, the same on every process.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=hashlib.sha1(
+                    os.path.normpath(os.path.join(workdir, subdir)).encode()).hexdigest()[:12])),
         # Known up front, so a step's metadata reads before any restore.
         item_handlers=ocp.StandardCheckpointHandler())
 
@@ -206,9 +213,9 @@ class Checkpointer:
   def _set_aside(self, steps: list[int]) -> None:
     """Renames damaged steps to `<step>.corrupt` (kept for inspection, no
     longer a step), so training can save those steps again."""
-    if self.read_only or not steps or jax.process_index() != 0:
+    if self.read_only or not steps:
       return
-    for step in steps:
+    for step in steps if jax.process_index() == 0 else ():   # one process renames
       src = os.path.join(self.directory, str(step))
       if not os.path.isdir(src):
         continue
@@ -217,6 +224,8 @@ class Checkpointer:
         dst, n = f"{src}.corrupt{n}", n + 1
       os.rename(src, dst)
       logging.warning("moved the damaged checkpoint %d to %s", step, dst)
+    if jax.process_count() > 1:   # every process sees the renamed steps gone
+      multihost_utils.sync_global_devices(f"gan_jax set aside {self.directory}")
     self.manager.reload()
 
   def save(self, step: int, state) -> bool:

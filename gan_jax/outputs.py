@@ -60,11 +60,13 @@ class DivergenceError(FloatingPointError):
   pass
 
 
-def check_finite(step: int, scalars: dict) -> None:
-  """Raises DivergenceError naming the step and every non-finite metric."""
+def check_finite(step: int, scalars: dict, member: str = "") -> None:
+  """Raises DivergenceError naming the step (and sweep member) and every
+  non-finite metric."""
   bad = {k: float(v) for k, v in scalars.items() if not math.isfinite(float(v))}
   if bad:
-    raise DivergenceError(f"training diverged at step {step}: " + ", ".join(
+    where = f" in member {member}" if member else ""
+    raise DivergenceError(f"training diverged at step {step}{where}: " + ", ".join(
         f"{k} = {v}" for k, v in bad.items()) + "; the last checkpoint is from before it")
 
 

@@ -490,8 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   z_grid = fixed_latents(config, c, config.num_grid_samples)
   writers = [outputs.MetricWriter(m.workdir) for m in runs]
   pixel_range = tuple(config.data.pixel_range)
-  # Non-finite metrics name the member in a sweep.
-  labels = [f"{m.name} " if swept else "" for m in runs]
+  members = [m.name if swept else "" for m in runs]   # named in a divergence error
 
   pending: list[dict[str, jax.Array]] = []   # on device, not yet checked
   checked: list[list[dict[str, np.ndarray]]] = [[] for _ in runs]   # per member: on host, finite
@@ -521,9 +520,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         for m in synced:
           for j in range(next(iter(m.values())).shape[1]):
             step += 1   # a non-finite value is reported at its own step
-            for i, label in enumerate(labels):
+            for i, member in enumerate(members):
               row = {n: v[i][j] for n, v in m.items()}
-              outputs.check_finite(step, {label + n: v for n, v in row.items()})
+              outputs.check_finite(step, row, member)
               checked[i].append(row)
         pending = []
       if now_do.log:

@@ -23,7 +23,18 @@ SCENARIOS = {
                             steps_per_call=3, **{"data.on_device": True}),
     "pipeline_critic2": dict(num_steps=3, log_every=1, sample_every=2, checkpoint_every=2,
                              steps_per_call=1, d_steps=2, **{"data.on_device": False}),
+    # A sweep of 2 seeds: the member axis on state, batches and metrics.
+    # Adam's eps at 1e-3 as in test_sweep.py: with 1e-8, a last-bit
+    # difference in a near-zero gradient moves a weight by ~lr.
+    "sweep_seeds2": dict(num_steps=3, log_every=3, sample_every=3, checkpoint_every=3,
+                         steps_per_call=3, **{"data.on_device": True, "sweep.seeds": 2,
+                                              "optim.eps": 1e-3}),
 }
+
+
+def run_dir(workdir: str, overrides: dict) -> str:
+  """Where a scenario's outputs are: a sweep's first member's directory."""
+  return os.path.join(workdir, "members", "seed_0") if overrides.get("sweep.seeds") else workdir
 
 
 def check_rows(cfg):
@@ -66,7 +77,7 @@ def main():
   import numpy as np
   import pytest
   import tensorflow_datasets as tfds
-  from gan_jax import checkpointing, train
+  from gan_jax import checkpointing, sweep, train
 
   print(f"process {jax.process_index()} of {jax.process_count()}: "
         f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
@@ -78,9 +89,11 @@ def main():
       check_rows(cfg)
       state = train.train_and_evaluate(cfg, workdir)
     # The step-3 checkpoint, restored collectively, is the returned state.
-    restored = checkpointing.Checkpointer(workdir, 1).restore(state)
+    first = sweep.member(state, 0) if cfg.sweep.seeds else state
+    restored = checkpointing.Checkpointer(run_dir(workdir, overrides), 1).restore(first)
     final = jax.device_get(state)   # replicated: this process's copy
-    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(jax.device_get(restored))):
+    for a, b in zip(jax.tree.leaves(jax.device_get(first)),
+                    jax.tree.leaves(jax.device_get(restored))):
       np.testing.assert_array_equal(a, b)
     leaves = {f"leaf_{i:03d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(final))}
     os.makedirs(args.results, exist_ok=True)

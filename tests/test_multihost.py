@@ -7,15 +7,16 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from multihost_run import SCENARIOS  # noqa: E402
+from multihost_run import SCENARIOS, run_dir  # noqa: E402
 
-TIMEOUT_S = 110   # both runs together
+TIMEOUT_S = 150   # both runs together
 
 
 def _free_port() -> int:
@@ -86,7 +87,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
 
     # Outputs once: one metrics row per logged step, one TensorBoard file,
     # and the same files as the one-process run.
-    multi, one = tmp_path / "multi" / name, tmp_path / "single" / name
+    multi, one = (Path(run_dir(str(tmp_path / tag / name), SCENARIOS[name]))
+                  for tag in ("multi", "single"))
     rows = [json.loads(l) for l in open(multi / "metrics.jsonl")]
     rows1 = [json.loads(l) for l in open(one / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [r["step"] for r in rows1]

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import small_config
-from gan_jax import checkpointing, config as config_lib, sweep, train
+from gan_jax import checkpointing, config as config_lib, outputs, sweep, train
 
 pytestmark = pytest.mark.usefixtures("no_local_idx_files")
 
@@ -121,3 +121,14 @@ def test_sweep_settings_are_checked(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=message):
       train.train_and_evaluate(small_config(**overrides), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_a_diverged_member_is_named_with_its_step_and_nothing_is_saved(tmp_path):
+  # An infinite penalty weight makes member 2's D loss infinite at step 1.
+  cfg = small_config(num_steps=2, sample_every=0, checkpoint_every=1,
+                     **{"sweep.param": "penalty.gp", "sweep.param_values": (1.0, 1e999)})
+  with pytest.raises(outputs.DivergenceError,
+                     match=r"diverged at step 1 in member penalty\.gp=inf_seed_0: .*d_loss = inf"):
+    _run(cfg, tmp_path)
+  for m in sweep.members(cfg, str(tmp_path)):
+    assert checkpointing.Checkpointer(m.workdir, 1).manager.all_steps() == []
