@@ -299,11 +299,13 @@ def member_chunks(sources: list[TrainData], start_step: int, sizes: Iterator[int
                   indices: bool = False, member_axis: bool = True) -> Iterator[jax.Array]:
   """`TrainData.chunks` of each source (a sweep's members, each in its own
   order), stacked into (K, k, rows, ...) device arrays; `member_axis=False`
-  takes one source and leaves the member axis out."""
+  takes one source and leaves the member axis out. A source listed for
+  several members (one seed, several learning rates) is read once."""
+  unique = list(dict.fromkeys(sources))
   def stacked():
-    rows = [s.host_batches(start_step, indices) for s in sources]
+    rows = [s.host_batches(start_step, indices) for s in unique]
     for k in sizes:
-      chunk = [np.stack([next(r) for _ in range(k)]) for r in rows]
-      yield np.stack(chunk) if member_axis else chunk[0]
+      chunk = dict(zip(unique, (np.stack([next(r) for _ in range(k)]) for r in rows)))
+      yield np.stack([chunk[s] for s in sources]) if member_axis else chunk[sources[0]]
   spec = P(None, None, "data") if member_axis else P(None, "data")
   return prefetch_to_device(stacked(), sources[0].mesh, spec=spec, rows=sources[0].step_batch)

@@ -60,6 +60,7 @@ def test_periodic_eval_writes_reports_metrics_and_best_checkpoint(trained):
   assert (run / "losses.png").exists()   # the plot skips the eval rows
 
 
+@pytest.mark.slow
 def test_a_sweep_evaluates_every_member(trained):
   """Periodic evaluation in a seed sweep: each member gets its reports and
   best checkpoint; member seed 0 scores what the single seed-0 run scored at

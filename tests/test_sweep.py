@@ -83,6 +83,7 @@ def test_each_member_of_a_learning_rate_sweep_equals_its_single_run(tmp_path):
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_a_penalty_weight_sweep_over_seeds_names_and_orders_members(tmp_path):
   cfg = small_config(num_steps=2, sample_every=2, checkpoint_every=100,
                      **{"sweep.seeds": 2, "sweep.param": "penalty.gp",
