@@ -272,9 +272,16 @@ def make_train_steps(c: Components, mesh: jax.sharding.Mesh, pixel_range=(-1.0, 
   """`train_steps` over all devices of `mesh`, jitted, state donated:
   (state, inputs[, images]) -> (state, metrics). inputs (k, rows, ...) are
   split over devices along rows; on-device images are replicated."""
-  in_specs = (P(), P(None, AXIS)) + ((P(),) if on_device else ())
-  steps = jax.shard_map(functools.partial(train_steps, c=c, pixel_range=tuple(pixel_range)),
-                        mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
+  return _over_mesh(functools.partial(train_steps, c=c, pixel_range=tuple(pixel_range)),
+                    mesh, P(None, AXIS), on_device)
+
+
+def _over_mesh(steps, mesh: jax.sharding.Mesh, inputs_spec: P, on_device: bool):
+  """`steps(state, inputs[, images])` over all devices of `mesh`, jitted,
+  state donated: state and metrics replicated, inputs split by
+  `inputs_spec`, on-device images replicated."""
+  in_specs = (P(), inputs_spec) + ((P(),) if on_device else ())
+  steps = jax.shard_map(steps, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
                         check_vma=_check_vma(mesh))
   return jax.jit(steps, donate_argnums=0)
 
@@ -295,13 +302,10 @@ def make_sweep_steps(c: Components, mesh: jax.sharding.Mesh, optim_config: Any,
                      hparams: dict[str, Any], pixel_range=(-1.0, 1.0), on_device: bool = False):
   """`sweep_train_steps` over all devices of `mesh`, jitted, states donated;
   called like `make_train_steps`' function."""
-  in_specs = (P(), P(None, None, AXIS)) + ((P(),) if on_device else ())
-  steps = jax.shard_map(
-      functools.partial(sweep_train_steps, c=c, optim_config=optim_config,
-                        hparams={k: jnp.asarray(v) for k, v in hparams.items()},
-                        pixel_range=tuple(pixel_range)),
-      mesh=mesh, in_specs=in_specs, out_specs=(P(), P()), check_vma=_check_vma(mesh))
-  return jax.jit(steps, donate_argnums=0)
+  return _over_mesh(functools.partial(sweep_train_steps, c=c, optim_config=optim_config,
+                                     hparams={k: jnp.asarray(v) for k, v in hparams.items()},
+                                     pixel_range=tuple(pixel_range)),
+                    mesh, P(None, None, AXIS), on_device)
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
@@ -543,11 +547,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   pixel_range)
       if now_do.eval:
         for i, m in enumerate(runs):
-          report = evaluate_state(evaluator, generate, at(state, i), eval_latents)
+          member_state = at(state, i)
+          report = evaluate_state(evaluator, generate, member_state, eval_latents)
           outputs.write_report(os.path.join(m.workdir, "eval", f"step_{done:07d}.json"), report)
           writers[i].write(done, {f"eval/{k}": v for k, v in report["scores"].items()})
           if best[i] is not None:
-            best[i].update(done, at(state, i), report)
+            best[i].update(done, member_state, report)
       if now_do.save or stopping:
         # Preempted: this step (checked above) is saved, unless it just was,
         # and committed before saying so; a later run resumes from it.
