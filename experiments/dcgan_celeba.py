@@ -35,8 +35,8 @@ def get_config():
   c.model.name = "dcgan_faces"
   c.model.image_size, c.model.channels = 28, 3
   c.model.latent_dim = 100
-  c.model.g_features = 512
-  c.model.d_features = 64
+  c.model.kwargs.g_features = 512
+  c.model.kwargs.d_features = 64
   c.loss = "non_saturating"
   c.real_label = 0.9
   c.optim.g_lr = c.optim.d_lr = 2e-4

@@ -29,10 +29,10 @@ def get_config():
   c.model.name = "dcgan64"
   c.model.image_size, c.model.channels = 64, 3
   c.model.latent_dim = 100
-  c.model.g_features = 512
-  c.model.d_features = 64
-  c.model.g_norm = "none"            # the tutorial's G has no BatchNorm
-  c.model.d_dropout = 0.3
+  c.model.kwargs.g_features = 512
+  c.model.kwargs.d_features = 64
+  c.model.kwargs.g_norm = "none"     # the tutorial's G has no BatchNorm
+  c.model.kwargs.d_dropout = 0.3
   c.loss = "non_saturating"
   c.real_label = 1.0
   c.real_label_noise = 0.05

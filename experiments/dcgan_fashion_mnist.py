@@ -29,8 +29,8 @@ def get_config():
   c.model.image_size = 28
   c.model.channels = 1
   c.model.latent_dim = 100
-  c.model.g_features = 256
-  c.model.d_features = 64
+  c.model.kwargs.g_features = 256
+  c.model.kwargs.d_features = 64
   c.loss = "non_saturating"
   c.optim.g_lr = c.optim.d_lr = 2e-4
   c.optim.b1, c.optim.b2 = 0.5, 0.999

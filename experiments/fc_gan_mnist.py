@@ -26,9 +26,9 @@ def get_config():
   c.model.image_size, c.model.channels = 28, 1
   c.model.latent_dim = 128
   c.model.latent_dist = "uniform"
-  c.model.g_hidden = (1024, 2048)
-  c.model.d_hidden = (512,)
-  c.model.d_slope = 0.1
+  c.model.kwargs.g_hidden = (1024, 2048)
+  c.model.kwargs.d_hidden = (512,)
+  c.model.kwargs.d_slope = 0.1
   c.loss = "non_saturating_joint"
   c.optim.g_lr = c.optim.d_lr = 2e-4
   c.optim.b1 = 0.5

@@ -25,10 +25,10 @@ def get_config():
   c.model.name = "lsgan32"
   c.model.image_size, c.model.channels = 32, 3
   c.model.latent_dim = 100
-  c.model.g_features = 256
-  c.model.d_features = 64
-  c.model.d_norm = "none"
-  c.model.d_dropout = 0.3
+  c.model.kwargs.g_features = 256
+  c.model.kwargs.d_features = 64
+  c.model.kwargs.d_norm = "none"
+  c.model.kwargs.d_dropout = 0.3
   c.loss = "least_squares"
   c.optim.g_lr = c.optim.d_lr = 2e-4
   c.optim.b1 = 0.5

@@ -18,7 +18,8 @@ from gan_jax.config import load_config
 
 def get_config():
   # The default DCGAN-28 experiment, with the WGAN objective and optimiser.
-  c = load_config(os.path.join(os.path.dirname(__file__), "dcgan_fashion_mnist.py"))
+  c = load_config(os.path.join(os.path.dirname(__file__), "dcgan_fashion_mnist.py"),
+                  lock=False)
   c.loss = "wasserstein"
   c.d_weight_clip = 0.01
   c.d_steps = 5

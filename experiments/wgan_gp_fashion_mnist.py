@@ -18,8 +18,9 @@ from gan_jax.config import load_config
 
 def get_config():
   # The default DCGAN-28 experiment, with the WGAN-GP objective and optimiser.
-  c = load_config(os.path.join(os.path.dirname(__file__), "dcgan_fashion_mnist.py"))
-  c.model.d_norm = "none"
+  c = load_config(os.path.join(os.path.dirname(__file__), "dcgan_fashion_mnist.py"),
+                  lock=False)
+  c.model.kwargs.d_norm = "none"
   c.loss = "wasserstein"
   c.penalty.gp = 10.0
   c.d_steps = 5

@@ -34,11 +34,15 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from absl import logging
 
-from gan_jax.config import ConfigError
+from gan_jax.errors import ConfigError, UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """No checkpoint of a directory restores."""
+
+
+class NoCheckpointError(UserError, FileNotFoundError):
+  """A directory has no checkpoint (at the step asked for)."""
 
 
 class CheckpointMismatchError(ConfigError):
@@ -163,8 +167,7 @@ class Checkpointer:
     """Raises CheckpointMismatchError naming each entry of checkpoint `step`
     whose shape differs from `target`'s; other errors (unreadable metadata)
     are left to the caller."""
-    metadata = self.manager.metadata(step).item_metadata
-    saved = getattr(metadata, "tree", metadata)
+    saved = self._saved_tree(step)
     if not _shapes(saved):
       raise ValueError(f"checkpoint {step} has no readable array metadata")
     bad = shape_mismatches(saved, target)
@@ -175,12 +178,26 @@ class Checkpointer:
 
   def restore(self, target, step: int | None = None):
     """Restores `step` (default: latest) into the shapes, dtypes and shardings of `target`."""
-    step = self.manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    steps = self.manager.all_steps()
+    if not steps:
+      raise NoCheckpointError(f"no checkpoint in {self.directory}")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise NoCheckpointError(f"no checkpoint of step {step} in {self.directory}; "
+                              f"steps: {sorted(steps)}")
     self.check_fits(target, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    saved = self._saved_tree(step)
+    if getattr(target, "aux", None) == {} and isinstance(saved, dict) and "aux" not in saved:
+      # Saved before penalties had state (GANState.aux): the same state without it.
+      fields = {k: getattr(abstract, k) for k in saved}
+      restored = self.manager.restore(step, args=ocp.args.StandardRestore(fields))
+      return target.replace(**restored)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def _saved_tree(self, step: int):
+    metadata = self.manager.metadata(step).item_metadata
+    return getattr(metadata, "tree", metadata)
 
   def restore_latest(self, target):
     """The latest checkpoint that restores, else `target` unchanged if there

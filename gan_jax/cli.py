@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from gan_jax.config import ConfigError, apply_overrides, load_config, with_defaults
+from gan_jax.errors import UserError
 
 
 def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -96,16 +96,18 @@ def main(argv: list[str] | None = None) -> int:
   if args.command == "eval" and not (args.workdir or (args.config and args.split)):
     parser.error("eval needs --workdir (a trained run), or --config and --split")
   config_path = args.config or os.path.join(args.workdir, "config.json")
-  try:
-    config = apply_overrides(with_defaults(load_config(config_path)), overrides)
-  except ConfigError as e:
-    print(f"gan-jax: error: {e}", file=sys.stderr)
-    return 2
-  # Import the heavy stack only once the command line is known good.
   if not args.verbose:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
   from absl import logging
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
+  from gan_jax import configure
+  try:
+    # The user modules (config.imports) are imported here, before anything
+    # is built, in every process of a multi-process run.
+    config = configure.load(config_path, overrides)
+  except UserError as e:
+    print(f"gan-jax: error: {e}", file=sys.stderr)
+    return 2
   if args.command == "train":
     # Before anything touches a jax device: on several processes the device
     # list is the whole cluster's.
@@ -120,30 +122,24 @@ def main(argv: list[str] | None = None) -> int:
           return 2
         if jax.process_index() != 0:
           config.progress_bar = False   # one progress bar, process 0's
-  from gan_jax import checkpointing, data, idx, metrics, outputs, sampling, train
-  # Errors about the user's input or environment: one clear line, no traceback.
-  user_errors = (ConfigError, data.DataError, idx.IDXError, outputs.DivergenceError,
-                 checkpointing.CheckpointError,
-                 FileNotFoundError, metrics.FewSamplesError)
+  from gan_jax import checkpointing, commands, train
   try:
     if args.command == "prepare":
-      builder = data.prepared_builder(config.data)
-      print(f"{config.data.name} is prepared in {builder.data_dir}")
+      print(commands.prepare(config))
     elif args.command == "train":
       stop = checkpointing.StopOnSignal()
       train.train_and_evaluate(config, args.workdir, stop=stop)
       if stop.stopped_at is not None:
         return 128 + stop.signum   # stopped early (saved): not a finished run
     elif args.command == "eval":
-      from gan_jax import evaluation
-      report, path = evaluation.evaluate_command(config, args.workdir, step=args.step,
-                                                 split=args.split, out=args.out)
+      report, path = commands.evaluate(config, args.workdir, step=args.step,
+                                       split=args.split, out=args.out)
       print(json.dumps(report, indent=2))
       print(f"report written to {path}", file=sys.stderr)
     else:
-      print("\n".join(sampling.write_samples(config, args.workdir, args.num,
+      print("\n".join(commands.write_samples(config, args.workdir, args.num,
                                               step=args.step, seed=args.seed)))
-  except user_errors as e:
+  except UserError as e:   # the user's input or environment: one line, no traceback
     print(f"gan-jax: error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -9,13 +9,19 @@ import os
 
 import ml_collections
 
+from gan_jax.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
-class ConfigError(ValueError):
-  pass
+LATENT_DISTS = ("normal", "uniform")
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-  """Runs `get_config()` from a Python file, or reads a saved config.json."""
+def common_model_keys() -> set[str]:
+  """The model keys every model shares; a model's own arguments are `model.kwargs`."""
+  return set(base_config().model.keys())
+
+
+def load_config(path: str, lock: bool = True) -> ml_collections.ConfigDict:
+  """Runs `get_config()` from a Python file, or reads a saved config.json;
+  locked (no new keys) unless an experiment file builds on it (`lock=False`)."""
   if not os.path.isfile(path):
     raise ConfigError(f"config file not found: {path}")
   if path.endswith(".json"):
@@ -28,7 +34,8 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
       raise ConfigError(f"{path} defines no get_config()")
     config = module.get_config()
-  config.lock()
+  if lock:
+    config.lock()
   return config
 
 
@@ -114,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
   and set what they reproduce, so any key can be overridden on any experiment."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.imports = ()                     # user modules that register components: module
+                                     # names on sys.path or .py file paths
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tfds"             # 'tfds' (a TFDS name) or 'folder' (an image folder)
@@ -132,30 +141,19 @@ def base_config() -> ml_collections.ConfigDict:
                                      # its batch by index (datasets that fit in memory)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "dcgan28"           # a name in gan_jax.models.MODELS
+  c.model.name = "dcgan28"           # a registered model (gan_jax.models.MODELS)
   c.model.image_size = 28
   c.model.channels = 1
   c.model.latent_dim = 100
   c.model.latent_dist = "normal"     # 'normal' N(0, 1) or 'uniform' U(-1, 1)
-  c.model.g_features = 256
-  c.model.d_features = 64
-  c.model.g_norm = "batch"           # 'batch', 'layer' or 'none'
-  c.model.d_norm = "batch"
-  c.model.d_spectral_norm = False
-  c.model.d_dropout = 0.0
-  c.model.g_hidden = (1024, 2048)    # 'mlp' only
-  c.model.d_hidden = (512,)          # 'mlp' only
-  c.model.d_slope = 0.2              # 'mlp' only: D's LeakyReLU slope
-  c.model.upsample = "phase"         # 'phase' (fast exact) or 'transpose' (nn.ConvTranspose)
   c.model.dtype = "float32"          # convs/matmuls in 'float32' or 'bfloat16' (mixed
                                      # precision: fp32 weights, BatchNorm and losses)
+  c.model.kwargs = ml_collections.ConfigDict()  # the model's own keyword arguments;
+                                     # those not given take the model's defaults
 
   c.loss = "non_saturating"          # a name in gan_jax.losses.LOSSES
-  c.penalty = ml_collections.ConfigDict()  # weight of each D penalty; 0 = off
-  c.penalty.gp = 0.0                 # WGAN-GP
-  c.penalty.dragan = 0.0
-  c.penalty.r1 = 0.0                 # gamma of 0.5 * gamma * E||grad D(real)||^2
-  c.penalty.r2 = 0.0
+  c.penalty = ml_collections.ConfigDict()  # NAME: weight of each registered penalty
+                                     # (gan_jax.penalties); 0 = off, several may be on
   c.d_weight_clip = 0.0              # WGAN weight clipping bound; 0 = off
   c.d_steps = 1                      # D (critic) updates per G update, each on a fresh batch
   c.real_label = 1.0                 # D's target for real data (0.9: one-sided smoothing)

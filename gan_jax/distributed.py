@@ -4,7 +4,7 @@ One process per host (or per task) runs the same program; `initialize`
 connects them through `jax.distributed` before anything touches a device,
 after which `jax.devices()` lists every process's devices and the training
 mesh spans them all. Each process feeds only its rows of every global batch
-(`gan_jax.data`), process 0 alone writes the run's outputs, and all processes
+(`gan_jax.data.pipeline`), process 0 alone writes the run's outputs, and all processes
 save the Orbax checkpoints together. What the training loop reads on the host
 (metrics, sample grids, the state) is replicated, so every process reads its
 own copy; nothing needs gathering.

@@ -1,6 +1,6 @@
-"""The loss and penalty zoo: pure functions, looked up by name.
+"""The adversarial losses: pure functions, registered by name.
 
-Adversarial loss: one function per variant,
+One function per variant,
 
   loss(real_logits, fake_logits[, real_target]) -> (d_loss, g_loss)
 
@@ -9,14 +9,9 @@ logits of the D update (it uses `d_loss`) and with D's logits on the fakes
 after that update (it uses `g_loss`). A loss that accepts `real_target`
 supports one-sided label smoothing (constant or noisy real labels); one that
 does not (Wasserstein, hinge) is rejected when smoothing is configured.
-Adding a variant is one function plus one line in `LOSSES`.
-
-Penalty on D: one function per variant,
-
-  penalty(critic, real, fake, key) -> scalar
-
-with `critic` mapping a batch of images to per-example logits (D's parameters
-closed over). Weighted penalties are added to the D loss.
+Adding a variant is one function under `@losses.register("name")`, in
+this module or in a user module named in `config.imports`. Penalties
+(regularisers) are in `gan_jax.penalties`.
 """
 from __future__ import annotations
 
@@ -27,11 +22,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gan_jax.config import ConfigError
+from gan_jax.registry import Registry
 
 Loss = Callable[..., tuple[jax.Array, jax.Array]]
-Critic = Callable[[jax.Array], jax.Array]
-Penalty = Callable[[Critic, jax.Array, jax.Array, jax.Array], jax.Array]
+LOSSES: Registry = Registry("loss")
+
+
+def register(name: str) -> Callable[[Loss], Loss]:
+  """`@losses.register("name")`: adds a loss under `name` (`config.loss`)."""
+  return LOSSES.register(name)
 
 
 def bce(logits: jax.Array, target: float | jax.Array) -> jax.Array:
@@ -39,6 +38,7 @@ def bce(logits: jax.Array, target: float | jax.Array) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(target, logits.shape)).mean()
 
 
+@register("minimax")
 def minimax(real_logits, fake_logits, real_target=1.0):
   """The original GAN (Goodfellow et al. 2014) with the saturating G loss
   log(1 - D(G(z)))."""
@@ -46,12 +46,14 @@ def minimax(real_logits, fake_logits, real_target=1.0):
   return d, -bce(fake_logits, 0.0)
 
 
+@register("non_saturating")
 def non_saturating(real_logits, fake_logits, real_target=1.0):
   """Goodfellow et al.'s "modified minimax": G maximises log D(G(z))."""
   d = bce(real_logits, real_target) + bce(fake_logits, 0.0)
   return d, bce(fake_logits, 1.0)
 
 
+@register("non_saturating_joint")
 def non_saturating_joint(real_logits, fake_logits, real_target=1.0):
   """non_saturating with D's BCE averaged over the concatenated real+fake
   batch (half the sum of the two means), as the Keras-style
@@ -60,6 +62,7 @@ def non_saturating_joint(real_logits, fake_logits, real_target=1.0):
   return d / 2, g
 
 
+@register("least_squares")
 def least_squares(real_logits, fake_logits, real_target=1.0):
   """LSGAN (Mao et al. 2017), a=0, b=c=1: D pulls real outputs to 1 (or the
   smoothed target) and fakes to 0; G pulls fakes to 1."""
@@ -67,86 +70,25 @@ def least_squares(real_logits, fake_logits, real_target=1.0):
   return d, 0.5 * jnp.mean((fake_logits - 1.0) ** 2)
 
 
+@register("wasserstein")
 def wasserstein(real_logits, fake_logits):
   """WGAN (Arjovsky et al. 2017): the critic maximises E[D(x)] - E[D(G(z))]."""
   return jnp.mean(fake_logits) - jnp.mean(real_logits), -jnp.mean(fake_logits)
 
 
+@register("hinge")
 def hinge(real_logits, fake_logits):
   """Hinge loss (Lim & Ye 2017; SNGAN, BigGAN)."""
   d = jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
   return d, -jnp.mean(fake_logits)
 
 
-LOSSES: dict[str, Loss] = {
-    "minimax": minimax,
-    "non_saturating": non_saturating,
-    "non_saturating_joint": non_saturating_joint,
-    "least_squares": least_squares,
-    "wasserstein": wasserstein,
-    "hinge": hinge,
-}
-
-
 def get_loss(name: str) -> Loss:
-  if name not in LOSSES:
-    raise ConfigError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
-  return LOSSES[name]
+  return LOSSES.lookup(name, "loss")
 
 
 def takes_real_target(loss: Loss) -> bool:
   return "real_target" in inspect.signature(loss).parameters
-
-
-def _input_grads(critic: Critic, x: jax.Array) -> jax.Array:
-  """Per-example d critic(x_i) / d x_i, flattened to (batch, features).
-  Exact for a critic without cross-example coupling (no BatchNorm)."""
-  grads = jax.grad(lambda x: jnp.sum(critic(x)))(x)
-  return grads.reshape(x.shape[0], -1)
-
-
-def _unit_gradient_norm(critic: Critic, x: jax.Array) -> jax.Array:
-  norms = jnp.sqrt(jnp.sum(_input_grads(critic, x) ** 2, axis=1) + 1e-12)
-  return jnp.mean((norms - 1.0) ** 2)
-
-
-def _per_example_uniform(key, x):
-  return jax.random.uniform(key, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
-
-
-def gradient_penalty(critic: Critic, real, fake, key):
-  """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_hat)|| - 1)^2] at random
-  interpolates x_hat = e*real + (1-e)*fake, e ~ U(0, 1) per example."""
-  eps = _per_example_uniform(key, real)
-  return _unit_gradient_norm(critic, eps * real + (1.0 - eps) * fake)
-
-
-def dragan_penalty(critic: Critic, real, fake, key):
-  """DRAGAN (Kodali et al. 2017): the same penalty around the data, at
-  interpolates between reals and reals perturbed by 0.5*std(real)*U(0, 1)."""
-  noise_key, eps_key = jax.random.split(key)
-  perturbed = real + 0.5 * jnp.std(real) * jax.random.uniform(noise_key, real.shape, real.dtype)
-  eps = _per_example_uniform(eps_key, real)
-  return _unit_gradient_norm(critic, eps * real + (1.0 - eps) * perturbed)
-
-
-def r1_penalty(critic: Critic, real, fake, key):
-  """R1 (Mescheder et al. 2018): 0.5 * E[||grad D(x)||^2] on real data; the
-  configured weight is gamma."""
-  return 0.5 * jnp.mean(jnp.sum(_input_grads(critic, real) ** 2, axis=1))
-
-
-def r2_penalty(critic: Critic, real, fake, key):
-  """R2: R1's penalty on generated data."""
-  return r1_penalty(critic, fake, real, key)
-
-
-PENALTIES: dict[str, Penalty] = {
-    "gp": gradient_penalty,
-    "dragan": dragan_penalty,
-    "r1": r1_penalty,
-    "r2": r2_penalty,
-}
 
 
 def clip_weights(params, bound: float):

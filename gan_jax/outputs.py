@@ -14,6 +14,8 @@ import flax.serialization
 import jax
 import numpy as np
 
+from gan_jax.errors import UserError
+
 
 def main_process_only(fn):
   """`fn` runs in process 0 only (returns None elsewhere): one copy of each
@@ -56,8 +58,8 @@ class MetricWriter:
     self._tb.close()
 
 
-class DivergenceError(FloatingPointError):
-  pass
+class DivergenceError(UserError, FloatingPointError):
+  """A loss, penalty or gradient norm is not finite."""
 
 
 def check_finite(step: int, scalars: dict, member: str = "") -> None:

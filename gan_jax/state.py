@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gan_jax.config import ConfigError
+from gan_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -28,6 +28,7 @@ class GANState:
   d_batch_stats: Any
   g_opt_state: optax.OptState
   d_opt_state: optax.OptState
+  aux: Any = flax.struct.field(default_factory=dict)   # penalty name -> its state
 
 
 def make_optimizers(optim_config: Any, g_lr=None, d_lr=None
@@ -49,8 +50,9 @@ def make_optimizers(optim_config: Any, g_lr=None, d_lr=None
 
 def create_state(seed: int, g: nn.Module, d: nn.Module, g_tx: optax.GradientTransformation,
                  d_tx: optax.GradientTransformation, latent_dim: int,
-                 image_shape: tuple[int, int, int]) -> GANState:
-  """Initialises parameters, BatchNorm statistics and both optimiser states."""
+                 image_shape: tuple[int, int, int], aux: dict | None = None) -> GANState:
+  """Initialises parameters, BatchNorm statistics and both optimiser states;
+  `aux` holds the stateful penalties' initial states."""
   rng = jax.random.PRNGKey(seed)
   g_key, d_key, rng = jax.random.split(rng, 3)
   g_vars = g.init(g_key, jnp.zeros((2, latent_dim), jnp.float32), train=False)
@@ -59,4 +61,5 @@ def create_state(seed: int, g: nn.Module, d: nn.Module, g_tx: optax.GradientTran
       step=jnp.zeros((), jnp.int32), rng=rng,
       g_params=g_vars["params"], d_params=d_vars["params"], g_ema_params=g_vars["params"],
       g_batch_stats=g_vars.get("batch_stats", {}), d_batch_stats=d_vars.get("batch_stats", {}),
-      g_opt_state=g_tx.init(g_vars["params"]), d_opt_state=d_tx.init(d_vars["params"]))
+      g_opt_state=g_tx.init(g_vars["params"]), d_opt_state=d_tx.init(d_vars["params"]),
+      aux={} if aux is None else aux)

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gan_jax.config import ConfigError
+from gan_jax.errors import ConfigError
+from gan_jax.penalties import PENALTIES
 
 # Keys a sweep may vary: values the step can take as traced numbers, so they
 # change no shape and no program structure.
@@ -58,10 +59,10 @@ def validate_sweep(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"sweep.seeds must be >= 0 (0 = off), got {s.seeds}")
   if s.param and not sweepable(s.param):
     raise ConfigError(f"sweep.param={s.param!r} cannot be swept in one program; sweepable: "
-                      f"{', '.join(SWEEPABLE)} (PENALTY: one of {sorted(config.penalty)})")
-  if s.param.startswith("penalty.") and s.param[len("penalty."):] not in config.penalty:
+                      f"{', '.join(SWEEPABLE)} (PENALTY: one of {sorted(PENALTIES)})")
+  if s.param.startswith("penalty.") and s.param[len("penalty."):] not in PENALTIES:
     raise ConfigError(f"sweep.param={s.param!r}: no such penalty; penalties: "
-                      f"{sorted(config.penalty)}")
+                      f"{sorted(PENALTIES)}")
   if bool(s.param) != bool(len(s.param_values)):
     raise ConfigError("sweep.param and sweep.param_values go together: e.g. --config."
                       "sweep.param=optim.d_lr --config.sweep.param_values='(1e-4, 4e-4)'")

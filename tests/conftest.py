@@ -9,11 +9,11 @@ DEFAULT_EXPERIMENT = os.path.join(ROOT, "experiments", "dcgan_fashion_mnist.py")
 
 def small_config(**overrides):
   """The default experiment, shrunk so a step compiles and runs in seconds."""
-  from gan_jax import config as config_lib
-  cfg = config_lib.load_config(DEFAULT_EXPERIMENT)
+  from gan_jax import configure
+  cfg = configure.load(DEFAULT_EXPERIMENT)   # completed as the CLI completes it
   with cfg.unlocked():
-    cfg.model.g_features = 32
-    cfg.model.d_features = 16
+    cfg.model.kwargs.g_features = 32
+    cfg.model.kwargs.d_features = 16
     cfg.model.latent_dim = 16
     cfg.batch_size = 16
     cfg.progress_bar = False
@@ -42,7 +42,7 @@ def make_idx_data(sizes: dict, seed: int = 0) -> dict:
 
 def write_idx_folder(folder, data: dict, suffix: str = ".gz"):
   """Writes `data` as the four standard IDX files of an MNIST-style folder."""
-  from gan_jax import idx
+  from gan_jax.data import idx
   folder.mkdir(parents=True, exist_ok=True)
   for split, (images, labels) in data.items():
     image_name, label_name = idx.IDX_FILES[split]
@@ -60,11 +60,11 @@ def hide_local_idx_files(monkeypatch):
   """Mocked TFDS stands in for the dataset and its download: hide any local IDX
   folder (such as Debian's) and skip the source-reachability check, so data
   preparation takes TFDS's own (mocked) download route."""
-  from gan_jax import data, idx
+  from gan_jax.data import idx, sources
   monkeypatch.delenv(idx.ENV_VAR, raising=False)
   for name in idx.DEBIAN_IDX_DIRS:
     monkeypatch.setitem(idx.DEBIAN_IDX_DIRS, name, ())
-  monkeypatch.setattr(data, "_check_reachable", lambda url: None)
+  monkeypatch.setattr(sources, "_check_reachable", lambda url: None)
 
 
 @pytest.fixture
@@ -87,3 +87,29 @@ def write_image_folder(folder, n: int, seed: int = 0, bad: int = 0):
   for i in range(bad):
     (folder / f"broken{i}.jpg").write_bytes(b"not a jpeg")
   return folder
+
+
+def step_setup(cfg):
+  """(components, mesh, initial state, jitted one-step function) of `cfg`."""
+  from gan_jax import components, mesh as mesh_lib, step
+  c = components.build_components(cfg)
+  mesh = mesh_lib.make_mesh()
+  return c, mesh, components.init_state(cfg, c, mesh), step.make_train_step(c, mesh)
+
+
+def one_step(cfg, seed=0, start_step=0):
+  """(state before, state after, metrics) of one training step of `cfg` on
+  random images, from a fresh state whose step counter is `start_step`."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from gan_jax import data
+  c, mesh, state, step = step_setup(cfg)
+  if start_step:
+    state = state.replace(step=jax.device_put(jnp.asarray(start_step, jnp.int32),
+                                              state.step.sharding))
+  before = jax.device_get(state)
+  batch = np.random.default_rng(seed).uniform(
+      -1, 1, (cfg.d_steps * cfg.batch_size, *c.image_shape)).astype(np.float32)
+  state, metrics = step(state, data.shard_batch(batch, mesh))
+  return before, jax.device_get(state), jax.device_get(metrics)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gan_jax import train
+from gan_jax import components, mesh as mesh_lib
 from gan_jax.config import load_config
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -21,7 +21,7 @@ def test_bench_reports_every_column(tmp_path, capsys):
   out = tmp_path / "bench.json"
   bench.main(["dcgan28", "--batch", "8", "--repeats", "1", "--steps-per-call", "2",
               "--dtype", "float32", "bfloat16", "--json", str(out),
-              "--config.model.g_features=16", "--config.model.d_features=8"])
+              "--config.model.kwargs.g_features=16", "--config.model.kwargs.d_features=8"])
   rows = json.load(open(out))["rows"]
   assert [(r["name"], r["dtype"]) for r in rows] == [("dcgan28", "float32"), ("dcgan28", "bfloat16")]
   for r in rows:
@@ -52,8 +52,8 @@ def test_torch_reference_has_the_same_architecture(arch):
   torch = pytest.importorskip("torch")
   import torch_reference
   cfg = load_config(os.path.join(TOOLS, "..", bench.SEEDS[arch] + ".py"))
-  c = train.build_components(cfg)
-  state = train.init_state(cfg, c, train.make_mesh())
+  c = components.build_components(cfg)
+  state = components.init_state(cfg, c, mesh_lib.make_mesh())
   g, d = torch_reference.build(arch)
   for jax_params, module in ((state.g_params, g), (state.d_params, d)):
     assert sorted(x.size for x in jax.tree.leaves(jax_params)) == sorted(

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gan_jax import classifier, config as config_lib, data, idx
+from gan_jax import config as config_lib
+from gan_jax.data import idx
+from gan_jax.evaluation import classifier
 
 
 def synthetic(n: int, seed: int, num_classes: int = 10, noise: float = 1.0):
@@ -183,14 +185,15 @@ def _fake_builder(features, splits):
 
 
 def test_unlabelled_or_untested_dataset_is_a_clear_error(monkeypatch):
+  from gan_jax.data import sources
   image = tfds.features.Image(shape=(28, 28, 1))
   label = tfds.features.ClassLabel(num_classes=10)
   cfg = _data_config(name="celeb_a")
-  monkeypatch.setattr(data, "prepared_builder",
+  monkeypatch.setattr(sources, "prepared_builder",
                       lambda c: _fake_builder({"image": image}, {"train": 1, "test": 1}))
   with pytest.raises(ValueError, match=r"dataset 'celeb_a' has no 'label' class feature"):
     classifier.load_or_train(cfg)
-  monkeypatch.setattr(data, "prepared_builder", lambda c: _fake_builder(
+  monkeypatch.setattr(sources, "prepared_builder", lambda c: _fake_builder(
       {"image": image, "label": label}, {"train": 1, "validation": 1}))
   with pytest.raises(ValueError, match=r"dataset 'celeb_a' has no 'test' split"):
     classifier.load_or_train(cfg)
@@ -202,8 +205,9 @@ def test_unlabelled_or_untested_dataset_is_a_clear_error(monkeypatch):
 
 @pytest.mark.slow
 def test_real_fashion_mnist_reaches_90_percent_with_the_defaults(tmp_path):
+  from gan_jax.data import sources
   cfg = _data_config()
-  prepared = tfds.builder("fashion_mnist", data_dir=data.resolve_data_dir("")).is_prepared()
+  prepared = tfds.builder("fashion_mnist", data_dir=sources.resolve_data_dir("")).is_prepared()
   if not prepared and not idx.default_idx_dir("fashion_mnist"):
     pytest.skip("Fashion-MNIST is not prepared (gan-jax prepare --config "
                 "experiments/dcgan_fashion_mnist.py) and no local IDX folder "

@@ -10,7 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import hide_local_idx_files, small_config
-from gan_jax import cli, config as config_lib, evaluation, metrics, outputs, train
+from gan_jax import cli, config as config_lib, data, evaluation, mesh, outputs, train
+from gan_jax.evaluation import evaluator, metrics, stats
 
 N = 200   # samples per side: above the classifier's 128 feature dimensions
 pytestmark = pytest.mark.usefixtures("no_local_idx_files")
@@ -115,23 +116,23 @@ def test_real_statistics_come_from_the_cache(trained, monkeypatch):
   assert len(stats) == 1
   def no_extract(*args, **kwargs):
     raise AssertionError("real features recomputed despite the cache")
-  mesh = train.make_mesh()
+  device_mesh = mesh.make_mesh()
   with tfds.testing.mock_data(num_examples=256):
-    monkeypatch.setattr(evaluation, "extract", no_extract)
-    ev = evaluation.Evaluator(cfg, (28, 28, 1), mesh)
+    monkeypatch.setattr(evaluator, "extract", no_extract)
+    ev = evaluation.Evaluator(cfg, (28, 28, 1), device_mesh)
     assert ev.real.n == N and ev.real.features.shape == (N, 128)
     # other real images (a different count) are another cache entry
     cfg2 = eval_config(root / "cache", **{"eval.num_real": N + 10})
     with pytest.raises(AssertionError, match="recomputed"):
-      evaluation.Evaluator(cfg2, (28, 28, 1), mesh)
+      evaluation.Evaluator(cfg2, (28, 28, 1), device_mesh)
 
 
 def test_too_few_samples_for_the_features_is_an_error(trained):
   root, _ = trained
   cfg = eval_config(root / "cache", **{"eval.num_samples": 50})
   with tfds.testing.mock_data(num_examples=256):
-    with pytest.raises(metrics.FewSamplesError, match="50 samples for 128-dimensional"):
-      evaluation.Evaluator(cfg, (28, 28, 1), train.make_mesh())
+    with pytest.raises(stats.FewSamplesError, match="50 samples for 128-dimensional"):
+      evaluation.Evaluator(cfg, (28, 28, 1), mesh.make_mesh())
     rc = cli.main(["eval", "--workdir", str(root / "run"), "--config.eval.num_samples=50",
                    "--out", str(root / "few.json")])
   assert rc == 1 and not (root / "few.json").exists()
@@ -154,13 +155,13 @@ def test_bad_eval_settings_fail_before_training(tmp_path, key, value, match):
 def test_domain_extractor_needs_labels(tmp_path):
   cfg = eval_config(tmp_path, **{"data.source": "folder", "data.folder": str(tmp_path)})
   with pytest.raises(config_lib.ConfigError, match="has no labels"):
-    evaluation.Evaluator(cfg, (28, 28, 1), train.make_mesh())
+    evaluation.Evaluator(cfg, (28, 28, 1), mesh.make_mesh())
 
 
 def test_inception_extractor_without_weights_names_the_key(tmp_path):
   cfg = eval_config(tmp_path, **{"eval.extractor": "inception"})
   with pytest.raises(config_lib.ConfigError, match="eval.inception_weights"):
-    evaluation.Evaluator(cfg, (28, 28, 1), train.make_mesh())
+    evaluation.Evaluator(cfg, (28, 28, 1), mesh.make_mesh())
 
 
 def test_old_config_json_without_eval_section_gets_defaults(tmp_path):
@@ -170,3 +171,76 @@ def test_old_config_json_without_eval_section_gets_defaults(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(d))
   merged = config_lib.with_defaults(config_lib.load_config(str(tmp_path / "config.json")))
   assert merged.eval.extractor == "domain" and merged.batch_size == cfg.batch_size
+
+
+# --- the metric registry ------------------------------------------------------------
+
+TOY_DIM = 8
+_TOY_W = np.random.default_rng(5).normal(size=(28 * 28, TOY_DIM + 3)).astype(np.float32) / 28
+
+
+def _toy_apply(x):
+  """Random projections of the pixels: TOY_DIM features and 3 logits."""
+  y = x.reshape(x.shape[0], -1) @ _TOY_W
+  return y[:, :TOY_DIM], y[:, TOY_DIM:]
+
+
+def _toy_extractor(config):
+  return evaluation.Extractor("toy", "0" * 64, "none", TOY_DIM, _toy_apply)
+
+
+@pytest.fixture
+def mean_feature_norm():
+  """A metric registered by the test, removed after it."""
+  @metrics.register("mean_feature_norm", scores={"mean_feature_norm": False},
+                    needs=("features",))
+  def fn(real, fake, eval_config):
+    assert real.features is not None and fake.logits is None
+    return {"mean_feature_norm": float(np.linalg.norm(fake.features, axis=1).mean())}
+  yield fn
+  metrics.METRICS.pop("mean_feature_norm", None)
+
+
+def test_a_registered_metric_is_scored_and_unknown_names_fail(tmp_path, monkeypatch,
+                                                              mean_feature_norm):
+  rng = np.random.default_rng(0)
+  real = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+  monkeypatch.setattr(data, "load_images", lambda cfg, shape, limit=0, key="": real[:limit or None],
+                      raising=False)
+  monkeypatch.setitem(evaluation.EXTRACTORS, "toy", _toy_extractor)
+  cfg = eval_config(tmp_path, **{
+      "eval.extractor": "toy", "eval.metrics": "fd,mean_feature_norm",
+      "eval.best_metric": "mean_feature_norm", "eval.num_samples": 64, "eval.num_real": 64,
+      "eval.batch_size": 32})
+  ev = evaluation.Evaluator(cfg, (28, 28, 1), mesh.make_mesh())
+  assert (ev.keep_features, ev.keep_logits) == (True, False)
+  fake = rng.random((64, 28, 28, 1), dtype=np.float32)
+  report = ev.score_batches((fake[i:i + 32] for i in range(0, 64, 32)), 64, "test")
+  assert list(report["scores"]) == ["fd", "mean_feature_norm"]
+  expected = np.linalg.norm(_toy_apply(fake)[0], axis=1).mean()
+  assert report["scores"]["mean_feature_norm"] == pytest.approx(expected, rel=1e-5)
+  assert np.isfinite(report["scores"]["fd"]) and report["scores"]["fd"] > 0
+  assert report["protocol"]["metrics"] == ["fd", "mean_feature_norm"]
+  assert metrics.score_names(["kid", "mean_feature_norm"]) == ["kid", "kid_std",
+                                                               "mean_feature_norm"]
+  assert not metrics.higher_is_better("mean_feature_norm")
+  assert metrics.higher_is_better("recall") and not metrics.higher_is_better("fd")
+
+  cfg.eval.metrics = "fd,nope"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"unknown \['nope'\].*fd, is, kid, mean_feature_norm, pr"):
+    evaluation.Evaluator(cfg, (28, 28, 1), mesh.make_mesh())
+
+
+def test_metric_registration_is_checked():
+  def fn(real, fake, eval_config):
+    return {}
+  with pytest.raises(config_lib.ConfigError, match=r"unknown needs \['pixels'\]"):
+    metrics.register("bad_needs", scores={"x": True}, needs=("pixels",))
+  with pytest.raises(config_lib.ConfigError, match="already produced by metric 'kid'"):
+    metrics.register("my_kid", scores={"kid": False})(fn)
+  with pytest.raises(config_lib.ConfigError, match="already registered"):
+    metrics.register("fd", scores={"my_fd": False})(fn)
+  with pytest.raises(config_lib.ConfigError, match="unknown score 'nope'"):
+    metrics.higher_is_better("nope")
+  assert not {"bad_needs", "my_kid"} & set(metrics.METRICS)

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gan_jax import config as config_lib
-from gan_jax import train
+from gan_jax import components, config as config_lib, train
 from conftest import ROOT, write_image_folder
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -58,8 +57,8 @@ def test_experiment_trains_two_steps(path, tmp_path):
   assert [r["step"] for r in rows] == [1, 2]
   assert all(np.isfinite(v) for r in rows for v in r.values())
   # The exported generator loads back into a fresh G and draws images.
-  c = train.build_components(cfg)
-  z = train.sample_latents(jax.random.PRNGKey(0), 3, c)
+  c = components.build_components(cfg)
+  z = components.sample_latents(jax.random.PRNGKey(0), 3, c)
   template = c.g.init(jax.random.PRNGKey(1), z, train=False)
   with open(tmp_path / "w" / "generator" / "final.msgpack", "rb") as f:
     variables = flax.serialization.from_bytes(template, f.read())

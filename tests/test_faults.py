@@ -2,7 +2,7 @@
 exit 128 + signal, resume), kill -9 in the middle of an async save (resume
 from the last complete step), a corrupted latest checkpoint (fall back to the
 one before), and a config whose shapes do not fit the checkpoint (one clear
-error). Real signals and kills go to `fault_run.py` subprocesses, which share
+error). Real signals and kills go to `scripts/fault_run.py` subprocesses, which share
 a JAX compilation cache so only the first one compiles."""
 import glob
 import logging
@@ -24,7 +24,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import ROOT, small_config
-from gan_jax import checkpointing, cli, outputs, train
+from gan_jax import checkpointing, cli, components, mesh as mesh_lib, outputs
 
 pytestmark = pytest.mark.usefixtures("no_local_idx_files")
 
@@ -37,7 +37,7 @@ class Run:
   """fault_run.py in a subprocess, its stdout and stderr read as they come."""
 
   def __init__(self, workdir, args, env):
-    self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fault_run.py"),
+    self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "scripts", "fault_run.py"),
                                   str(workdir), *args], env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     self.lines, self.out, self.err = queue.Queue(), [], []
@@ -228,7 +228,7 @@ def _truncate_largest_file(step_dir):
 
 def _target(**overrides):
   cfg = small_config(num_steps=NUM_STEPS, **overrides)
-  return train.init_state(cfg, train.build_components(cfg), train.make_mesh())
+  return components.init_state(cfg, components.build_components(cfg), mesh_lib.make_mesh())
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, reference, caplog):
@@ -263,13 +263,13 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, refe
 
 
 def test_resume_with_shapes_that_do_not_fit_is_one_clear_error(tmp_path, reference, capsys):
-  """model.g_features 32 -> 16: every G entry is named with both shapes,
+  """model.kwargs.g_features 32 -> 16: every G entry is named with both shapes,
   before any array is read, and nothing is taken for corruption."""
   work = tmp_path / "w"
   shutil.copytree(reference(), work)
   config_json = (work / "config.json").read_text()
   with pytest.raises(checkpointing.CheckpointMismatchError) as e:
-    checkpointing.Checkpointer(str(work), 3).restore_latest(_target(**{"model.g_features": 16}))
+    checkpointing.Checkpointer(str(work), 3).restore_latest(_target(**{"model.kwargs.g_features": 16}))
   message = str(e.value)
   assert message.startswith(f"checkpoint 6 in {work / 'checkpoints'} does not fit this config")
   for entry in ("g_params/Dense_0/kernel: checkpoint (16, 1568) vs config (16, 784)",
@@ -284,7 +284,7 @@ def test_resume_with_shapes_that_do_not_fit_is_one_clear_error(tmp_path, referen
   capsys.readouterr()
   with tfds.testing.mock_data(num_examples=64):
     rc = cli.main(["train", "--config", str(work / "config.json"), "--workdir", str(work),
-                   "--config.model.g_features=16"])
+                   "--config.model.kwargs.g_features=16"])
   err = capsys.readouterr().err
   errors = [l for l in err.splitlines() if l.startswith("gan-jax:")]
   assert rc == 1 and len(errors) == 1 and "Traceback" not in err

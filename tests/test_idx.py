@@ -1,4 +1,4 @@
-"""Tests for gan_jax.idx: IDX validation and offline TFDS preparation."""
+"""Tests for gan_jax.data.idx: IDX validation and offline TFDS preparation."""
 from __future__ import annotations
 
 import gzip
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gan_jax import idx
+from gan_jax.data import idx
 from conftest import make_idx_data, write_idx_folder
 
 tfds = pytest.importorskip("tensorflow_datasets")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from gan_jax import image_folder
+from gan_jax.data import image_folder
 from gan_jax.errors import DataError
 
 

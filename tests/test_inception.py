@@ -1,4 +1,4 @@
-"""gan_jax.inception: the Flax FID Inception computes what pytorch-fid's network
+"""gan_jax.evaluation.inception: the Flax FID Inception computes what pytorch-fid's network
 computes (checked against a torch transcription with the same random weights),
 its preprocessing is torch's bilinear resize, and converting, saving and
 loading its variables fail loudly on anything but the expected tensors."""
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from gan_jax import inception
+from gan_jax.evaluation import inception
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOLS = os.path.join(os.path.dirname(HERE), "experiments", "tools")

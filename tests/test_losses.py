@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from gan_jax import losses
-from gan_jax.losses import LOSSES, PENALTIES
+from gan_jax.losses import LOSSES
+from gan_jax.penalties import PENALTIES
 
 # Hand-picked logits: both signs, and on both sides of the hinge margins
 # (1 - r = [-1, 2, 0.5], 1 + f = [-2, 1, 2.5]), so a relu on the wrong side, a
@@ -211,8 +212,9 @@ KEYS = [jax.random.key(0), jax.random.key(123)]
 
 
 def test_every_registered_penalty_is_tested():
-  assert set(PENALTIES) == {"gp", "dragan", "r1", "r2"}, (
-      "a penalty was added to or removed from PENALTIES: test it here")
+  assert set(PENALTIES) == {"gp", "dragan", "r1", "r2", "r1_lazy", "lecam"}, (
+      "a penalty was added to or removed from PENALTIES: test it here (the last two: "
+      "test_penalties.py)")
 
 
 @pytest.mark.parametrize("norm", [2.5, 0.4])  # two-sided: ||W|| < 1 is penalised too

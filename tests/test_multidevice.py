@@ -13,18 +13,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_eight_devices_equal_one_device():
   """Same global batches on 8 (fake CPU) devices and on 1: same losses,
   gradient norms and parameters after 3 steps, for a DCGAN with noisy labels,
-  for a WGAN with an R1 penalty, 3 critic steps (each on its own batch) and an EMA, and
+  for a WGAN with an R1 penalty, 3 critic steps (each on its own batch) and an EMA, for
+  LeCam (state kept equal on every device) with a lazy R1 and 2 critic steps, and
   for bfloat16 matmuls with 3 steps fused and batches gathered on device; and
   every evaluation score with feature batches split over 8 devices vs 1."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_run.py")],
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "scripts", "multidevice_run.py")],
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   out = json.loads(line[len("RESULT "):])
-  assert set(out) == {"dcgan", "wgan_r1", "bf16_fused_on_device", "eval"}
+  assert set(out) == {"dcgan", "wgan_r1", "lecam_lazy_r1", "bf16_fused_on_device", "eval"}
   # Evaluation: feature batches split over 8 devices give the same scores.
   ev = out.pop("eval")
   assert set(ev["n8"]) == {"fd", "kid", "kid_std", "is", "is_std", "is_single", "precision",

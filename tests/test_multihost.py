@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "scripts"))
 from multihost_run import SCENARIOS, run_dir  # noqa: E402
 
 TIMEOUT_S = 150   # both runs together
@@ -36,7 +36,7 @@ def _start(tmp_path, tag: str, devices: int, *process_args: str) -> subprocess.P
     del env[var]
   log = open(tmp_path / f"{tag}.log", "w")
   return subprocess.Popen(
-      [sys.executable, os.path.join(HERE, "multihost_run.py"),
+      [sys.executable, os.path.join(HERE, "scripts", "multihost_run.py"),
        "--workdir", str(tmp_path / ("multi" if tag.startswith("p") else tag)),
        "--results", str(tmp_path / "results"), "--tag", tag, *process_args],
       env=env, stdout=log, stderr=subprocess.STDOUT)

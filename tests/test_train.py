@@ -1,13 +1,16 @@
 """End to end: train_and_evaluate under tfds.testing.mock_data, resume, sample, CLI."""
+import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gan_jax import checkpointing, cli, data, idx, sampling, train
+from gan_jax import (checkpointing, cli, commands, components, configure, data,
+                     mesh as mesh_lib, step as step_lib, train)
 from conftest import DEFAULT_EXPERIMENT, make_idx_data, small_config, write_idx_folder
 
 
@@ -30,7 +33,7 @@ def test_two_steps_end_to_end(tmp_path):
   assert os.path.isfile(tmp_path / "losses.png")
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
   assert checkpointing.Checkpointer(str(tmp_path), 1).latest_step() == 2
-  assert json.load(open(tmp_path / "config.json"))["model"]["g_features"] == 32
+  assert json.load(open(tmp_path / "config.json"))["model"]["kwargs"]["g_features"] == 32
 
 
 def test_fused_on_device_run_equals_step_by_step_pipeline_run(tmp_path):
@@ -60,10 +63,10 @@ def test_resume_continues_from_checkpoint(tmp_path):
   cfg = small_config(num_steps=2)
   first = jax.device_get(_train(cfg, tmp_path))
   cfg = small_config(num_steps=4)
-  c = train.build_components(cfg)
-  mesh = train.make_mesh()
+  c = components.build_components(cfg)
+  mesh = mesh_lib.make_mesh()
   restored = jax.device_get(checkpointing.Checkpointer(str(tmp_path), 3).restore(
-      train.init_state(cfg, c, mesh)))
+      components.init_state(cfg, c, mesh)))
   # The checkpoint holds exactly the state training returned (donation-safe save).
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
@@ -76,6 +79,34 @@ def test_resume_continues_from_checkpoint(tmp_path):
   assert steps == [1, 2, 3, 4]  # continued, not restarted, no stale rows
   assert all(json.loads(l).get("d_loss") != 9.0 for l in open(tmp_path / "metrics.jsonl"))
   assert checkpointing.Checkpointer(str(tmp_path), 1).manager.all_steps() == [2, 4]
+
+
+@pytest.mark.slow
+def test_a_work_directory_from_before_model_kwargs_and_penalty_state_resumes(tmp_path):
+  """A config.json with the flat model section of before (every family's keys)
+  and checkpoints saved without GANState.aux: the run resumes, and `sample`
+  and a resume from config.json work on it."""
+  cfg = small_config(num_steps=2)
+  first = jax.device_get(_train(cfg, tmp_path))
+  saved = json.load(open(tmp_path / "config.json"))
+  saved["model"].update(saved["model"].pop("kwargs"), d_dropout=0.0, g_hidden=[1024, 2048],
+                        d_hidden=[512], d_slope=0.2)
+  saved["penalty"] = {"gp": 0.0, "dragan": 0.0, "r1": 0.0, "r2": 0.0}
+  del saved["imports"]
+  json.dump(saved, open(tmp_path / "config.json", "w"))
+  old_state = {f.name: getattr(first, f.name) for f in dataclasses.fields(first) if f.name != "aux"}
+  shutil.rmtree(tmp_path / "checkpoints")
+  ckpt = checkpointing.Checkpointer(str(tmp_path), 3)
+  ckpt.save(2, old_state)
+  ckpt.close()
+  old = configure.load(str(tmp_path / "config.json"), {"num_steps": "4"})
+  assert dict(old.model.kwargs) == {"g_features": 32, "d_features": 16, "g_norm": "batch",
+                                    "d_norm": "batch", "d_spectral_norm": False,
+                                    "upsample": "phase"}
+  assert cli.main(["sample", "--workdir", str(tmp_path), "--num", "4"]) == 0
+  resumed = _train(old, tmp_path)
+  assert int(resumed.step) == 4 and resumed.aux == {}
+  assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_sample_writes_npy_and_grid(tmp_path):
@@ -92,7 +123,15 @@ def test_sample_writes_npy_and_grid(tmp_path):
 def test_sample_without_checkpoint_is_an_error(tmp_path):
   cfg = small_config()
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    sampling.write_samples(cfg, str(tmp_path), 4)
+    commands.write_samples(cfg, str(tmp_path), 4)
+
+
+@pytest.mark.slow
+def test_sample_of_a_step_without_checkpoint_lists_the_steps(tmp_path):
+  _train(small_config(num_steps=2), tmp_path)
+  with pytest.raises(checkpointing.NoCheckpointError,
+                     match=r"no checkpoint of step 7 in .*; steps: \[2\]"):
+    commands.write_samples(small_config(), str(tmp_path), 4, step=7)
 
 
 def test_cli_unknown_key_lists_valid_keys(tmp_path, capsys):
@@ -158,12 +197,12 @@ def test_divergence_stops_before_checkpointing_it(tmp_path, monkeypatch):
   the state of that step is not checkpointed (step 1's stays the latest)."""
   import jax.numpy as jnp
   from gan_jax import outputs
-  real_step = train.train_step
+  real_step = step_lib.train_step
   def step_with_nan_g_loss_at_2(state, batch, **kw):
     new_state, metrics = real_step(state, batch, **kw)
     metrics["g_loss"] = jnp.where(state.step == 1, jnp.nan, metrics["g_loss"])
     return new_state, metrics
-  monkeypatch.setattr(train, "train_step", step_with_nan_g_loss_at_2)
+  monkeypatch.setattr(step_lib, "train_step", step_with_nan_g_loss_at_2)
   cfg = small_config(num_steps=4, checkpoint_every=1, log_every=4)
   with pytest.raises(outputs.DivergenceError, match=r"step 2: g_loss = nan"):
     _train(cfg, tmp_path)

@@ -5,15 +5,10 @@ import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from gan_jax import data, train
-from conftest import small_config
-
-
-def _setup(cfg):
-  c = train.build_components(cfg)
-  mesh = train.make_mesh()
-  return c, mesh, train.init_state(cfg, c, mesh), train.make_train_step(c, mesh)
+from gan_jax import components, data, mesh as mesh_lib, schedule, step as step_lib
+from conftest import small_config, step_setup as _setup
 
 
 def test_one_step_updates_everything_and_stays_finite():
@@ -78,7 +73,7 @@ def _random_batches(cfg, c, n, seed=0):
       -1, 1, (n, cfg.batch_size * cfg.d_steps, *c.image_shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"loss": "wasserstein", "d_steps": 2, "model.d_norm": "none",
+@pytest.mark.parametrize("overrides", [{}, {"loss": "wasserstein", "d_steps": 2, "model.kwargs.d_norm": "none",
                                             "penalty.gp": 10.0, "ema_decay": 0.9}])
 def test_fused_steps_equal_single_steps(overrides):
   """k steps fused in one lax.scan call == k calls of the single step."""
@@ -90,9 +85,9 @@ def test_fused_steps_equal_single_steps(overrides):
   for b in batches:
     single, m = step(single, data.shard_batch(b, mesh))
     singles.append(m)
-  fused = train.make_train_steps(c, mesh)
-  fused_state, stacked = fused(train.init_state(cfg, c, mesh),
-                               data.shard_batch(batches, mesh, train.P(None, train.AXIS)))
+  fused = step_lib.make_train_steps(c, mesh)
+  fused_state, stacked = fused(components.init_state(cfg, c, mesh),
+                               data.shard_batch(batches, mesh, P(None, mesh_lib.AXIS)))
   chex.assert_trees_all_close(jax.device_get(fused_state), jax.device_get(single),
                               atol=1e-6, rtol=1e-6)
   assert all(v.shape == (k,) for v in stacked.values())
@@ -109,17 +104,17 @@ def test_fused_on_device_steps_equal_fed_steps():
   images = rng.integers(0, 256, (40, *c.image_shape), dtype=np.uint8)
   idx = rng.permutation(40)[:2 * cfg.batch_size].reshape(2, cfg.batch_size).astype(np.int32)
   fed = jax.device_get(data.gather_batch(images, idx, cfg.data.pixel_range))
-  spec = train.P(None, train.AXIS)
-  a, ma = train.make_train_steps(c, mesh)(state, data.shard_batch(fed, mesh, spec))
-  b, mb = train.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)(
-      train.init_state(cfg, c, mesh), data.shard_batch(idx, mesh, spec),
-      train.replicate(images, mesh))
+  spec = P(None, mesh_lib.AXIS)
+  a, ma = step_lib.make_train_steps(c, mesh)(state, data.shard_batch(fed, mesh, spec))
+  b, mb = step_lib.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)(
+      components.init_state(cfg, c, mesh), data.shard_batch(idx, mesh, spec),
+      mesh_lib.replicate(images, mesh))
   chex.assert_trees_all_close(jax.device_get(a), jax.device_get(b), atol=1e-6, rtol=1e-6)
 
 
 def test_chunk_schedule_ends_chunks_at_events():
   events = {5, 10, 12}
-  sizes = list(train.chunk_sizes(1, 14, 4, lambda n: n in events))
+  sizes = list(schedule.chunk_sizes(1, 14, 4, lambda n: n in events))
   assert sum(sizes) == 13 and set(sizes) <= {1, 4}
   ends = np.cumsum([1] + sizes)
   # No event falls strictly inside a chunk: each is some chunk's last step.
@@ -130,8 +125,8 @@ def test_chunk_schedule_ends_chunks_at_events():
 def test_bfloat16_step_is_finite_and_multiplies_in_bfloat16():
   """Mixed precision: the step runs finite, its matmuls take bfloat16
   operands (forward and backward), and the float32 step has none."""
-  cfg16 = small_config(**{"model.dtype": "bfloat16", "model.g_features": 64,
-                          "model.d_features": 32})
+  cfg16 = small_config(**{"model.dtype": "bfloat16", "model.kwargs.g_features": 64,
+                          "model.kwargs.d_features": 32})
   c, mesh, state, step = _setup(cfg16)
   batch = data.shard_batch(_random_batches(cfg16, c, 1)[0], mesh)
   hlo16 = step.lower(state, batch).compile().as_text()
@@ -143,6 +138,6 @@ def test_bfloat16_step_is_finite_and_multiplies_in_bfloat16():
   bf16_dots = re.findall(r"\(param_0[.\d]*: bf16\[[\d,]*\], param_1[.\d]*: bf16\[[\d,]*\]\) -> f32",
                          hlo16)
   assert len(bf16_dots) >= 9  # G's and D's wide layers: forward, input and weight gradients
-  cfg32 = small_config(**{"model.g_features": 64, "model.d_features": 32})
+  cfg32 = small_config(**{"model.kwargs.g_features": 64, "model.kwargs.d_features": 32})
   c32, mesh, state32, step32 = _setup(cfg32)
   assert "bf16" not in step32.lower(state32, batch).compile().as_text()

@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gan_jax import data, train
+from gan_jax import components, configure, data
 from gan_jax.config import ConfigError
-from conftest import small_config
+from conftest import one_step, small_config, step_setup
 
 
 @functools.lru_cache(maxsize=None)
 def _cached_step(overrides: tuple):
-  return _one_step(small_config(**dict(overrides)))
+  return one_step(small_config(**dict(overrides)))
 
 
 def _step_with(**overrides):
@@ -23,22 +23,11 @@ def _step_with(**overrides):
   return _cached_step(tuple(sorted(overrides.items())))
 
 
-def _one_step(cfg, seed=0):
-  c = train.build_components(cfg)
-  mesh = train.make_mesh()
-  state = train.init_state(cfg, c, mesh)
-  before = jax.device_get(state)
-  batch = np.random.default_rng(seed).uniform(
-      -1, 1, (cfg.d_steps * cfg.batch_size, *c.image_shape)).astype(np.float32)
-  state, metrics = train.make_train_step(c, mesh)(state, data.shard_batch(batch, mesh))
-  return before, jax.device_get(state), jax.device_get(metrics)
-
-
 def _adam_count(opt_state):
   return int(opt_state[0].count)
 
 
-def test_critic_steps_run_inside_one_step():
+def test_critic_steps_run_insideone_step():
   """d_steps=3: D's Adam has taken 3 updates, G's 1, in one compiled call."""
   _, after, metrics = _step_with(d_steps=3)
   assert _adam_count(after.d_opt_state) == 3
@@ -50,13 +39,11 @@ def test_each_critic_step_sees_its_own_batch():
   """Every one of the three critic batches is consumed: changing any one of
   them alone changes the outcome."""
   cfg = small_config(d_steps=3)
-  c = train.build_components(cfg)
-  mesh = train.make_mesh()
-  step = train.make_train_step(c, mesh)
+  c, mesh, _, step = step_setup(cfg)
   rng = np.random.default_rng(0)
   base = rng.uniform(-1, 1, (3 * cfg.batch_size, 28, 28, 1)).astype(np.float32)
   def d_params_after(batch):
-    state, _ = step(train.init_state(cfg, c, mesh), data.shard_batch(batch, mesh))
+    state, _ = step(components.init_state(cfg, c, mesh), data.shard_batch(batch, mesh))
     return jax.device_get(state.d_params)
   ref = d_params_after(base)
   for part in (0, 1, 2):
@@ -85,12 +72,10 @@ def test_ema_of_generator(decay, start, expect_blend):
 
 def test_samples_come_from_the_ema_params():
   cfg = small_config(ema_decay=0.9)
-  c = train.build_components(cfg)
-  mesh = train.make_mesh()
-  state = train.init_state(cfg, c, mesh)
-  z = train.fixed_latents(cfg, c, 4)
+  c, mesh, state, _ = step_setup(cfg)
+  z = components.fixed_latents(cfg, c, 4)
   noisy = state.replace(g_ema_params=jax.tree.map(lambda p: p + 0.5, state.g_ema_params))
-  generate = train.make_generate(c)
+  generate = components.make_generate(c)
   assert float(jnp.abs(generate(state, z) - generate(noisy, z)).max()) > 1e-3
 
 
@@ -113,7 +98,7 @@ def test_noisy_labels_move_the_real_term():
 
 
 def test_spectral_norm_discriminator_trains():
-  _, after, metrics = _step_with(**{"model.d_spectral_norm": True})
+  _, after, metrics = _step_with(**{"model.kwargs.d_spectral_norm": True})
   stats = jax.tree_util.tree_flatten_with_path(after.d_batch_stats)[0]
   sigmas = [v for path, v in stats if "sigma" in jax.tree_util.keystr(path)]
   assert sigmas, "no spectral-norm statistics in d_batch_stats"
@@ -122,7 +107,7 @@ def test_spectral_norm_discriminator_trains():
 
 def test_every_penalty_is_added_to_the_d_loss():
   weights = {"gp": 10.0, "dragan": 1.0, "r1": 2.0, "r2": 3.0}
-  _, _, m = _step_with(loss="wasserstein", **{"model.d_norm": "none"},
+  _, _, m = _step_with(loss="wasserstein", **{"model.kwargs.d_norm": "none"},
                        **{f"penalty.{k}": w for k, w in weights.items()})
   assert all(m[f"penalty_{k}"] > 0 for k in weights)
   expected = m["d_adv_loss"] + sum(w * m[f"penalty_{k}"] for k, w in weights.items())
@@ -136,13 +121,13 @@ def test_every_penalty_is_added_to_the_d_loss():
     ({"d_steps": 0}, "d_steps"),
     ({"ema_decay": 1.0}, "ema_decay"),
     ({"model.latent_dist": "cauchy"}, "latent_dist"),
-    ({"model.d_norm": "group"}, "d_norm"),
+    ({"model.kwargs.d_norm": "group"}, "d_norm"),
     ({"model.image_size": 32}, "supports model.image_size 28"),
     ({"penalty.gp": -1.0}, "penalty.gp"),
 ])
 def test_impossible_combinations_are_config_errors(overrides, message):
   with pytest.raises(ConfigError, match=message):
-    train.build_components(small_config(**overrides))
+    configure.check_components(small_config(**overrides))
 
 
 def test_readme_loss_example_registers_and_trains(monkeypatch):
@@ -153,9 +138,9 @@ def test_readme_loss_example_registers_and_trains(monkeypatch):
   from gan_jax import losses
   from conftest import ROOT
   readme = open(os.path.join(ROOT, "README.md")).read()
-  block = re.search(r"<!-- loss-example -->\n```python\n(.*?)```", readme, re.S).group(1)
-  monkeypatch.setattr(losses, "LOSSES", dict(losses.LOSSES))  # registration stays in this test
+  block = re.search(r"<!-- example:loss -->\n```python\n(.*?)```", readme, re.S).group(1)
+  monkeypatch.setattr(losses, "LOSSES", losses.LOSSES.copy())  # registration stays in this test
   exec(compile(block, "README.md", "exec"), {})
   assert "relativistic_average" in losses.LOSSES
-  _, after, m = _one_step(small_config(loss="relativistic_average", real_label=0.9))
+  _, after, m = one_step(small_config(loss="relativistic_average", real_label=0.9))
   assert int(after.step) == 1 and np.isfinite(m["d_loss"]) and np.isfinite(m["g_loss"])

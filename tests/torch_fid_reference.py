@@ -1,4 +1,4 @@
-"""PyTorch reference of the FID Inception v3, to test gan_jax.inception against.
+"""PyTorch reference of the FID Inception v3, to test gan_jax.evaluation.inception against.
 
 A transcription, in torch only (torchvision is not needed), of the network
 pytorch-fid builds with `fid_inception_v3()` and runs inside `InceptionV3`

@@ -30,9 +30,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from gan_jax import cli, data, train
-from gan_jax.config import apply_overrides, load_config
+from gan_jax import cli, components, configure, data, mesh as mesh_lib, step as step_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = {"fc_gan": "fc_gan_mnist", "dcgan28": "dcgan_fashion_mnist",
@@ -43,7 +43,7 @@ def load_target(target, batch=0, dtype="float32", overrides=None):
   """(config, name) of a SEEDS name or an experiment file, at `batch` (0 =
   the config's own) and model dtype."""
   path = os.path.join(HERE, "..", SEEDS[target] + ".py") if target in SEEDS else target
-  cfg = apply_overrides(load_config(path), {**(overrides or {}), "model.dtype": dtype})
+  cfg = configure.load(path, {**(overrides or {}), "model.dtype": dtype})
   if batch:
     cfg.batch_size = batch
   return cfg, target
@@ -73,15 +73,15 @@ def _timed(fn, repeats):
 
 
 def bench_jax(cfg, name, k, repeats, input_steps=0) -> dict:
-  c = train.build_components(cfg)
-  mesh = train.make_mesh()
-  state = train.init_state(cfg, c, mesh)
+  c = components.build_components(cfg)
+  mesh = mesh_lib.make_mesh()
+  state = components.init_state(cfg, c, mesh)
   rows = cfg.batch_size * c.d_steps
   rng = np.random.default_rng(0)
-  images = train.replicate(rng.integers(0, 256, (4096, *c.image_shape), dtype=np.uint8), mesh)
+  images = mesh_lib.replicate(rng.integers(0, 256, (4096, *c.image_shape), dtype=np.uint8), mesh)
   indices = data.shard_batch(rng.integers(0, 4096, (k, rows), dtype=np.int32), mesh,
-                             train.P(None, train.AXIS))
-  steps = train.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)
+                             P(None, mesh_lib.AXIS))
+  steps = step_lib.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)
   t = time.perf_counter()
   compiled = steps.lower(state, indices, images).compile()
   compile_s = time.perf_counter() - t
@@ -114,9 +114,10 @@ def input_ms_per_step(cfg, c, mesh, n) -> float | None:
     return None
   data_config = cfg.data.copy_and_resolve_references()
   data_config.update(source="tfds", name="fashion_mnist", split="train")
-  try:
-    source = data.TrainData(data_config, cfg.batch_size, cfg.seed, mesh, c.image_shape,
-                            batches_per_step=c.d_steps)
+  from gan_jax.data import pipeline
+  try:   # DataError also where TensorFlow/TFDS are not installed
+    source = pipeline.TrainData(data_config, cfg.batch_size, cfg.seed, mesh, c.image_shape,
+                                batches_per_step=c.d_steps)
   except data.DataError:
     return None
   batches = source.batches()

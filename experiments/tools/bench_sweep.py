@@ -18,10 +18,11 @@ import time
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (same folder: SEEDS, config loading, timing)
-from gan_jax import data, sweep, train  # noqa: E402
+from gan_jax import components, data, mesh as mesh_lib, step as step_lib, sweep  # noqa: E402
 
 
 def time_steps(steps, state, indices, images, k, repeats):
@@ -39,22 +40,22 @@ def time_steps(steps, state, indices, images, k, repeats):
 
 
 def bench_sweep(cfg, name, members, k, repeats) -> dict:
-  c = train.build_components(cfg)
-  mesh = train.make_mesh()
+  c = components.build_components(cfg)
+  mesh = mesh_lib.make_mesh()
   rows = cfg.batch_size * c.d_steps
   rng = np.random.default_rng(0)
-  images = train.replicate(rng.integers(0, 256, (4096, *c.image_shape), dtype=np.uint8), mesh)
+  images = mesh_lib.replicate(rng.integers(0, 256, (4096, *c.image_shape), dtype=np.uint8), mesh)
   idx = rng.integers(0, 4096, (members, k, rows), dtype=np.int32)
-  single = train.init_state(cfg, c, mesh)
-  t1, c1 = time_steps(train.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True),
-                      single, data.shard_batch(idx[0], mesh, train.P(None, train.AXIS)),
+  single = components.init_state(cfg, c, mesh)
+  t1, c1 = time_steps(step_lib.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True),
+                      single, data.shard_batch(idx[0], mesh, P(None, mesh_lib.AXIS)),
                       images, k, repeats)
   del single
-  states = train.replicate(sweep.stack([train.init_state(m, c, mesh)
+  states = mesh_lib.replicate(sweep.stack([components.init_state(m, c, mesh)
                                         for m in _members(cfg, members)]), mesh)
-  tk, ck = time_steps(train.make_sweep_steps(c, mesh, cfg.optim, {}, cfg.data.pixel_range,
+  tk, ck = time_steps(step_lib.make_sweep_steps(c, mesh, cfg.optim, {}, cfg.data.pixel_range,
                                              on_device=True),
-                      states, data.shard_batch(idx, mesh, train.P(None, None, train.AXIS)),
+                      states, data.shard_batch(idx, mesh, P(None, None, mesh_lib.AXIS)),
                       images, k, repeats)
   return {"name": name, "members": members, "batch": cfg.batch_size,
           "single_ms_per_step": 1e3 * t1, "sweep_ms_per_step": 1e3 * tk,

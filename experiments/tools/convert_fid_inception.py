@@ -3,7 +3,7 @@
   python experiments/tools/convert_fid_inception.py \\
       --pth PATH/pt_inception-2015-12-05-6726825d.pth --out PATH/fid_inception.msgpack
 
-Get the .pth from pytorch-fid's release (gan_jax.inception.WEIGHTS_URL):
+Get the .pth from pytorch-fid's release (gan_jax.evaluation.inception.WEIGHTS_URL):
   https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
 The `6726825d` in its name is the start of the file's SHA-256 (torch.hub's
 check_hash compares that prefix); this tool prints the full digest of the input
@@ -11,7 +11,7 @@ and of the output, so both can be recorded next to FID numbers.
 
 torch is needed only here, for reading the .pth (torch.load with
 weights_only=True); gan_jax reads the converted file with
-gan_jax.inception.load_variables and never imports torch.
+gan_jax.evaluation.inception.load_variables and never imports torch.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from gan_jax import inception
+from gan_jax.evaluation import inception
 
 
 def main(argv: list[str] | None = None) -> int:

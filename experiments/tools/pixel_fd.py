@@ -6,7 +6,7 @@ quality, to compare runs of one model (not a substitute for FID).
   python experiments/tools/pixel_fd.py DIR/samples/samples_step2811_n5000_seed0.npy ...
 
 Samples are expected in [-1, 1] (the default pixel range). The distance is
-gan_jax.metrics' (float64 moments, eigh square root); `gan-jax eval` gives the
+gan_jax.evaluation.stats' (float64 moments, eigh square root); `gan-jax eval` gives the
 feature-space scores.
 """
 import argparse
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from gan_jax import metrics
+from gan_jax.evaluation import stats
 
 IDX = "/usr/share/datasets/fashion-mnist"
 
@@ -26,7 +26,7 @@ def read_idx_images(path):
 
 
 def frechet(a, b):
-  return metrics.frechet_from_moments(metrics.moments_of(a), metrics.moments_of(b))
+  return stats.frechet_from_moments(stats.moments_of(a), stats.moments_of(b))
 
 
 def main():

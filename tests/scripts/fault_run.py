@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: conftest
 # tensorboardX imports torch when it can (4-5 s of CPU per run); nothing here uses it.
 sys.modules.setdefault("torch", None)
 import pytest  # noqa: E402  (MonkeyPatch only)

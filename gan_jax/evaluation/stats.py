@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gan_jax.errors import UserError
 
-class FewSamplesError(ValueError):
+
+class FewSamplesError(UserError, ValueError):
   """Fewer samples than feature dimensions: the covariance is singular and
   the Fréchet distance is biased far beyond its usual bias."""
 

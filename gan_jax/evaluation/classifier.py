@@ -192,7 +192,7 @@ def _read_split(builder, split: str, data_config: Any) -> tuple[np.ndarray, np.n
   """The whole labelled split as uint8 images and int64 labels, in source
   order, cropped/resized as the data config asks (as the GAN sees it)."""
   import tensorflow_datasets as tfds
-  from gan_jax import image_folder
+  from gan_jax.data import image_folder
   ds = builder.as_dataset(split=split, shuffle_files=False)
   side, crop = getattr(data_config, "image_size", 0), getattr(data_config, "crop", 0)
   if side or crop:
@@ -208,13 +208,13 @@ def _read_split(builder, split: str, data_config: Any) -> tuple[np.ndarray, np.n
 def load_labelled_data(data_config: Any) -> tuple[dict, int]:
   """{'train': (x, y), 'test': (x, y)} of the config's TFDS dataset, and its
   number of classes. ValueError where it has no labels or no test split."""
-  from gan_jax import data
+  from gan_jax.data import sources   # lazily: it imports TFDS
   name = data_config.name
   source = getattr(data_config, "source", "tfds")
   if source != "tfds":
     raise ValueError(f"the domain classifier needs a labelled TFDS dataset; data.source="
                      f"{source!r} ({getattr(data_config, 'folder', '')}) has no labels")
-  builder = data.prepared_builder(data_config)
+  builder = sources.prepared_builder(data_config)
   features = builder.info.features
   if "label" not in features or not hasattr(features["label"], "num_classes"):
     raise ValueError(f"dataset '{name}' has no 'label' class feature (features: "

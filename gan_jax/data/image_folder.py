@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import numbers
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
+from gan_jax.data import _tf
 from gan_jax.errors import DataError
 
-# TensorFlow must not take GPU memory from JAX.
-tf.config.set_visible_devices([], "GPU")
+if TYPE_CHECKING:
+  import tensorflow as tf
+
+# TensorFlow is imported on first use (`_tf.tf()`, which keeps it off the
+# GPUs), not with this module.
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -32,6 +36,7 @@ def crop_and_resize(image: tf.Tensor, size: int, crop: int = 0) -> tf.Tensor:
   min(H, W) where crop is 0, so non-square images are cropped, not distorted.
   An image already at the size comes back unchanged. Works in graph mode.
   """
+  tf = _tf.tf()
   image = tf.convert_to_tensor(image)
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
@@ -53,6 +58,7 @@ def crop_and_resize(image: tf.Tensor, size: int, crop: int = 0) -> tf.Tensor:
 
 def _decode(contents: tf.Tensor, channels: int) -> tf.Tensor:
   """Encoded bytes -> uint8 (H, W, channels); dispatches on content, not name."""
+  tf = _tf.tf()
   if channels == 3:
     return tf.io.decode_image(contents, channels=3, expand_animations=False)
   # WebP has no grayscale mode: decode_image(channels=1) rejects it, so
@@ -96,6 +102,7 @@ def load_image_folder(folder: str, size: int, channels: int,
   this one included, reads them from memory, so later epochs neither re-decode
   nor see files that changed or vanished since.
   """
+  tf = _tf.tf()
   if not isinstance(size, numbers.Integral) or size <= 0:
     raise DataError(f"image size must be a positive integer, got {size!r}")
   if channels not in (1, 3):

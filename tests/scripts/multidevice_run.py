@@ -8,34 +8,36 @@ import sys
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: conftest
 from conftest import small_config  # noqa: E402
-from gan_jax import classifier, data, evaluation, train  # noqa: E402
+from gan_jax import components, data, evaluation, mesh as mesh_lib, step as step_lib  # noqa: E402
+from gan_jax.evaluation import classifier  # noqa: E402
 
 
 def run(devices, batches, cfg):
   """Steps on a mesh of `devices`; `batches` hold d_steps global batches
   each: float images, or (on-device mode) indices into uint8 `IMAGES`, all
   steps fused into one call."""
-  c = train.build_components(cfg)
-  mesh = train.make_mesh(devices)
-  state = train.init_state(cfg, c, mesh)
+  c = components.build_components(cfg)
+  mesh = mesh_lib.make_mesh(devices)
+  state = components.init_state(cfg, c, mesh)
   history = []
   if cfg.data.on_device:
-    steps = train.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)
+    steps = step_lib.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)
     idx = np.stack([data.device_major(b, cfg.d_steps, len(devices)) for b in batches])
-    state, metrics = steps(state, data.shard_batch(idx, mesh, train.P(None, train.AXIS)),
-                           train.replicate(IMAGES, mesh))
+    state, metrics = steps(state, data.shard_batch(idx, mesh, P(None, mesh_lib.AXIS)),
+                           mesh_lib.replicate(IMAGES, mesh))
     metrics = jax.device_get(metrics)
     history = [{k: float(v[i]) for k, v in metrics.items()} for i in range(len(batches))]
-  step = train.make_train_step(c, mesh)
+  step = step_lib.make_train_step(c, mesh)
   for b in ([] if cfg.data.on_device else batches):
     b = data.device_major(b, cfg.d_steps, len(devices))
     state, metrics = step(state, data.shard_batch(b, mesh))
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   params = jax.device_get((state.g_params, state.d_params, state.g_ema_params,
-                           state.g_batch_stats, state.d_batch_stats))
+                           state.g_batch_stats, state.d_batch_stats, state.aux))
   return history, [float(np.sum(np.abs(x))) for x in jax.tree.leaves(params)]
 
 
@@ -47,13 +49,13 @@ def scores(devices):
   variables = module.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
   extractor = evaluation.Extractor("domain:random", "", "none", 128,
                                    jax.jit(lambda x: module.apply(variables, x)))
-  mesh = train.make_mesh(devices)
+  mesh = mesh_lib.make_mesh(devices)
   rng = np.random.default_rng(1)
   real, fake = (rng.uniform(0, 1, (300, 28, 28, 1)).astype(np.float32) ** p for p in (1, 2))
   sets = [evaluation.extract(extractor, (x[i:i + 100] for i in range(0, 300, 100)), mesh,
                              keep_features=True, keep_logits=True) for x in (real, fake)]
   cfg = small_config(**{"eval.kid_subset_size": 100, "eval.kid_subsets": 5, "eval.is_splits": 3})
-  return evaluation.scores(*sets, evaluation.METRICS, cfg.eval)
+  return evaluation.metrics.compute_scores(*sets, ('fd', 'kid', 'is', 'pr'), cfg.eval)
 
 
 if __name__ == "__main__":
@@ -63,7 +65,13 @@ if __name__ == "__main__":
   # so they match 1 device only in distribution.)
   scenarios = {"dcgan": small_config(real_label_noise=0.05),
                "wgan_r1": small_config(**{"loss": "wasserstein", "penalty.r1": 10.0, "d_steps": 3,
-                                          "model.d_norm": "none", "ema_decay": 0.9})}
+                                          "model.kwargs.d_norm": "none", "ema_decay": 0.9})}
+  # Penalties with state (LeCam's EMAs) and lazy ones (R1 at step 0 only),
+  # with the hinge loss of the LeCam paper. (A strong R1 under the BCE loss
+  # amplifies last-bit differences through Adam, lazy or not: 1e-4 apart.)
+  scenarios["lecam_lazy_r1"] = small_config(**{
+      "loss": "hinge", "penalty.lecam": 0.3, "penalty.r1_lazy": 1.0, "d_steps": 2,
+      "model.kwargs.d_norm": "none"})
   # bfloat16 matmuls, 3 steps fused in one call, batches gathered on device.
   scenarios["bf16_fused_on_device"] = small_config(**{"model.dtype": "bfloat16",
                                                       "data.on_device": True})

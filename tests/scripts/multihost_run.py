@@ -8,7 +8,7 @@ import os
 import resource
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: conftest
 from conftest import hide_local_idx_files, small_config  # noqa: E402
 from gan_jax import distributed  # noqa: E402
 
@@ -43,10 +43,11 @@ def check_rows(cfg):
   import itertools
   import jax
   import numpy as np
-  from gan_jax import data, models, train
-  mesh = train.make_mesh()
-  source = data.TrainData(cfg.data, cfg.batch_size, cfg.seed, mesh, models.image_shape(cfg.model),
-                          batches_per_step=cfg.d_steps)
+  from gan_jax import data, mesh as mesh_lib, models
+  from gan_jax.data import pipeline
+  mesh = mesh_lib.make_mesh()
+  source = pipeline.TrainData(cfg.data, cfg.batch_size, cfg.seed, mesh,
+                              models.image_shape(cfg.model), batches_per_step=cfg.d_steps)
   rows = source.step_batch // jax.process_count()
   mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
   np.testing.assert_array_equal(data.process_rows(mesh, source.step_batch),

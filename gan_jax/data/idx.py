@@ -31,11 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gan_jax.data import _tf
+from gan_jax.errors import UserError
+
 if TYPE_CHECKING:
   import tensorflow_datasets as tfds
 
 # tensorflow_datasets (and TensorFlow with it) is imported only inside the
-# functions that need it: reading IDX files should not cost a TF import.
+# functions that need it (via gan_jax.data._tf): reading IDX files should not
+# cost a TF import.
 
 PathLike = str | os.PathLike
 
@@ -66,7 +70,7 @@ _TYPE_NAMES = {
 }
 
 
-class IDXError(ValueError):
+class IDXError(UserError, ValueError):
   """A missing, corrupt or inconsistent IDX file; the message names it."""
 
 
@@ -285,7 +289,7 @@ def _offline_builder_cls(name: str) -> type[tfds.core.DatasetBuilder]:
   Cached: TFDS records every builder subclass it sees in a module-level list,
   so one class per dataset rather than one per call.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tf.tfds()
 
   base = tfds.builder_cls(name)
 
@@ -339,7 +343,7 @@ def prepare_from_idx(name: str, folder: PathLike,
     IDXError: `data_dir` holds a leftover, unprepared folder for this
       dataset version, which TFDS will not overwrite.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tf.tfds()
 
   _check_name(name)
   data_dir = None if data_dir is None else os.fspath(data_dir)
