@@ -137,6 +137,28 @@ def _quiet_orbax_leftovers() -> None:
   logging_std.getLogger("asyncio").addFilter(_NoOrbaxLeftovers())
 
 
+class _NoReadOnlyNotice(logging_std.Filter):
+  """Orbax's warning that a read-only manager is read only: `sample` and
+  `eval` ask for exactly that, so it asks nothing of the user."""
+
+  def filter(self, record) -> bool:
+    return not record.getMessage().startswith("Given directory is read only=")
+
+
+class _NoOrbaxSaveErrors(logging_std.Filter):
+  """Orbax's own error logs (with tracebacks) of a save failing in its
+  background threads: `Checkpointer.wait` raises the failure as one line."""
+
+  def filter(self, record) -> bool:
+    return not (record.levelno >= logging_std.ERROR and "orbax" in record.pathname)
+
+
+def _add_absl_filter(kind: type) -> None:
+  absl_logger = logging_std.getLogger("absl")
+  if not any(isinstance(f, kind) for f in absl_logger.filters):
+    absl_logger.addFilter(kind())
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one state pytree."""
 
@@ -144,10 +166,14 @@ class Checkpointer:
                subdir: str = "checkpoints"):
     self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self.read_only = read_only
+    self._pending: int | None = None   # the step of the save in flight
+    _add_absl_filter(_NoReadOnlyNotice if read_only else _NoOrbaxSaveErrors)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only,
+            # Read only: the values Orbax would otherwise set with a warning each.
+            max_to_keep=None if read_only else keep, create=not read_only,
+            save_interval_steps=0 if read_only else 1,
             read_only=read_only, enable_async_checkpointing=True,
             # Half-written steps of a killed run (never listed as steps).
             cleanup_tmp_directories=not read_only,
@@ -247,16 +273,34 @@ class Checkpointer:
 
   def save(self, step: int, state) -> bool:
     """Saves now; the caller decides when (Orbax's own interval logic would
-    also save the first step it sees)."""
-    return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    also save the first step it sees). A save that fails, here or in the
+    background (reported by the next save or `wait`), is one CheckpointError
+    naming its step, the folder and the OS error."""
+    self.wait()   # as Orbax does before a save; a failure is the previous step's
+    self._pending = step
+    try:
+      return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except Exception as e:  # noqa: BLE001 - Orbax wraps the OS error in its own types
+      raise self._save_failed(e, step) from e
 
   def wait(self) -> None:
     """Blocks until every save started so far is committed."""
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_failed(e, self._pending) from e
+
+  def _save_failed(self, e: BaseException, step: int | None) -> CheckpointError:
+    _quiet_orbax_leftovers()
+    what = f"checkpoint {step}" if step is not None else "a checkpoint"
+    return CheckpointError(f"could not save {what} in {self.directory}: {_first_line(e)}; "
+                           f"checkpoints up to the last one saved are kept")
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 class StopOnSignal:

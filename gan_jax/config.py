@@ -9,7 +9,7 @@ import os
 
 import ml_collections
 
-from gan_jax.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
+from gan_jax.errors import ConfigError, failed_at  # noqa: F401  (re-exported: config.ConfigError)
 
 LATENT_DISTS = ("normal", "uniform")
 
@@ -26,16 +26,36 @@ def load_config(path: str, lock: bool = True) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file not found: {path}")
   if path.endswith(".json"):
     with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+      try:
+        config = ml_collections.ConfigDict(json.load(f))
+      except ValueError as e:
+        raise ConfigError(f"{path} is not a config.json gan_jax can read: {e}") from e
   else:
-    spec = importlib.util.spec_from_file_location("_gan_jax_config", path)
-    module = importlib.util.module_from_spec(spec)
+    config = _run_get_config(path)
+  if lock:
+    config.lock()
+  return config
+
+
+def _run_get_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of an experiment file; any failure is one ConfigError
+  naming the file and line."""
+  spec = importlib.util.spec_from_file_location("_gan_jax_config", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
       raise ConfigError(f"{path} defines no get_config()")
     config = module.get_config()
-  if lock:
-    config.lock()
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError(f"syntax error in {e.filename}, line {e.lineno}: {e.msg}") from e
+  except Exception as e:  # noqa: BLE001 - the experiment file failed: say where, in one line
+    raise ConfigError(f"{path}: get_config() failed at {failed_at(e)}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() returned a {type(config).__name__}, not an "
+                      f"ml_collections.ConfigDict")
   return config
 
 
@@ -160,6 +180,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.real_label_noise = 0.0           # + noise * U(0, 1) per example (noisy labels)
   c.ema_decay = 0.0                  # EMA of G's params, used for samples; 0 = off
   c.ema_start = 0                    # steps before the EMA starts averaging
+  c.divergence = ml_collections.ConfigDict()  # when training stops as diverged (besides
+  c.divergence.max_abs_loss = 1e6    # any NaN/Inf): a loss beyond this; 0 = no bound
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"              # 'adam' or 'rmsprop'
@@ -172,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 64                  # global, split over devices
   c.num_epochs = 3
-  c.num_steps = -1                   # > 0 overrides num_epochs
+  c.num_steps = -1                   # > 0 overrides num_epochs; -1 = unset
   c.steps_per_call = 1               # training steps fused into one compiled call (lax.scan)
 
   c.log_every = 100

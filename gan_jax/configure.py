@@ -102,8 +102,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   for key in ("sample_every", "sample_every_epochs", "export_generator_every_epochs"):
     if config[key] < 0:
       raise ConfigError(f"config key '{key}' must be >= 0 (0 = off), got {config[key]}")
+  if config.num_steps < -1 or config.num_epochs < 0:
+    raise ConfigError(f"num_steps must be > 0 or -1 (unset: num_epochs decides) and num_epochs "
+                      f">= 0, got num_steps={config.num_steps}, num_epochs={config.num_epochs}")
   if config.num_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set num_epochs > 0 or num_steps > 0")
+  if config.divergence.max_abs_loss < 0:
+    raise ConfigError(f"divergence.max_abs_loss must be >= 0 (0 = no bound), got "
+                      f"{config.divergence.max_abs_loss}")
   if config.batch_size % num_devices:
     raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
                       f"{num_devices} devices")

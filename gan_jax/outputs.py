@@ -62,14 +62,22 @@ class DivergenceError(UserError, FloatingPointError):
   """A loss, penalty or gradient norm is not finite."""
 
 
-def check_finite(step: int, scalars: dict, member: str = "") -> None:
+def check_finite(step: int, scalars: dict, member: str = "", saved_step: int | None = None,
+                 max_abs_loss: float = 0.0) -> None:
   """Raises DivergenceError naming the step (and sweep member) and every
-  non-finite metric."""
+  non-finite metric, or every loss beyond `max_abs_loss` (0: no bound)."""
   bad = {k: float(v) for k, v in scalars.items() if not math.isfinite(float(v))}
+  if not bad and max_abs_loss:
+    bad = {k: float(v) for k, v in scalars.items()
+           if "loss" in k and abs(float(v)) > max_abs_loss}
   if bad:
     where = f" in member {member}" if member else ""
+    why = "" if all(not math.isfinite(v) for v in bad.values()) else (
+        f" (beyond divergence.max_abs_loss={max_abs_loss:g})")
+    kept = (f"the last checkpoint (step {saved_step}) is from before it" if saved_step
+            else "no checkpoint was written")
     raise DivergenceError(f"training diverged at step {step}{where}: " + ", ".join(
-        f"{k} = {v}" for k, v in bad.items()) + "; the last checkpoint is from before it")
+        f"{k} = {v}" for k, v in bad.items()) + f"{why}; {kept}")
 
 
 def image_grid(images: np.ndarray, pixel_range=(-1.0, 1.0), cols: int | None = None) -> np.ndarray:

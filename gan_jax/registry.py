@@ -14,10 +14,9 @@ import importlib
 import importlib.util
 import os
 import sys
-import traceback
 from typing import Any, Callable, Iterable
 
-from gan_jax.errors import ConfigError
+from gan_jax.errors import ConfigError, failed_at
 
 
 def _origin(entry: Any) -> tuple[str, str]:
@@ -126,6 +125,4 @@ def import_modules(imports: Iterable[str]) -> None:
       raise ConfigError(f"config.imports: syntax error in {e.filename}, line {e.lineno}: "
                         f"{e.msg}") from e
     except Exception as e:  # noqa: BLE001 - the user's module failed: say where, in one line
-      frame = traceback.extract_tb(e.__traceback__)[-1]
-      raise ConfigError(f"config.imports: importing {entry!r} failed at {frame.filename}, "
-                        f"line {frame.lineno}: {type(e).__name__}: {e}") from e
+      raise ConfigError(f"config.imports: importing {entry!r} failed at {failed_at(e)}") from e

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from gan_jax import checkpointing, configure, outputs, sweep
+from gan_jax import checkpointing, configure, outputs, sweep, workdir as workdir_lib
 from gan_jax.components import (build_components, evaluate_state, fixed_latents,
                                 generator_variables, init_state, make_generate, sample_latents)
 from gan_jax.data import pipeline
@@ -60,9 +60,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   SIGTERM or SIGINT during the loop stops it after the current compiled
   call: that step's metrics are checked, it is checkpointed (the save
   finished), and its state returned; `stop` (made here if not given) then
-  says which signal and at which step. Running again resumes from there."""
+  says which signal and at which step. Running again resumes from there.
+
+  The work directory is held by this trainer alone while it runs (a second
+  one fails at once, naming the holder) and checked for writing first."""
+  with workdir_lib.WorkdirLock(workdir) as lock:   # released however training ends
+    return _train(config, workdir, lock, stop)
+
+
+def _train(config, workdir: str, lock: workdir_lib.WorkdirLock,
+           stop: checkpointing.StopOnSignal | None) -> GANState:
   members, swept, mesh = sweep.members(config, workdir), sweep.is_sweep(config), make_mesh()
   configure.validate(config, mesh.devices.size, [m.config for m in members])
+  workdir_lib.check_writable(workdir)
+  if os.path.isdir(workdir):
+    lock.acquire()   # before the (slow) data: a second trainer fails at once
   c = build_components(sweep.static_config(config, members))
   # The data first: a bad dataset fails before the work directory is touched.
   # One source per seed: the epoch order depends only on the seed.
@@ -71,6 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     sources[seed] = pipeline.TrainData(config.data, config.batch_size, seed, mesh,
                                        image_shape=c.image_shape, batches_per_step=c.d_steps)
   source = sources[config.seed]
+  lock.acquire()   # (creating the work directory)
   evaluator = _make_evaluator(config, c, mesh)
   runs = [_open_run(m, config) for m in members]
   state, start = _restore(runs, c, mesh, swept, workdir)
@@ -91,7 +104,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       sample_latents(jax.random.PRNGKey(config.eval.seed), config.eval.num_samples, c)
       if evaluator else None), z_grid=fixed_latents(config, c, config.num_grid_samples),
                  rows_per_step=config.batch_size * c.d_steps,
-                 steps_per_epoch=source.steps_per_epoch, step_last=start)
+                 steps_per_epoch=source.steps_per_epoch, step_last=start,
+                 saved_step=start or None)
   bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
              disable=not config.progress_bar)
   stop = checkpointing.StopOnSignal() if stop is None else stop
@@ -163,8 +177,13 @@ def _restore(runs: list[Run], c, mesh, swept: bool, workdir: str) -> tuple[GANSt
   states = [r.ckpt.restore_latest(init_state(r.member.config, c, mesh)) for r in runs]
   starts = sorted({int(s.step) for s in states})
   if len(starts) != 1:
-    raise ConfigError(f"sweep members are at different steps {starts} in {workdir}/members: "
-                      f"resume needs them at one step (delete the newer checkpoints)")
+    at = {step: [r.member.name for r, s in zip(runs, states) if int(s.step) == step]
+          for step in starts}
+    raise ConfigError(
+        f"the members in {workdir}/members are at different steps ("
+        + "; ".join(f"step {k}: {', '.join(v)}" for k, v in at.items())
+        + "): a sweep resumes only with the members it was started with. Resume it with "
+          "its own sweep settings, and train new members in a new work directory")
   for r in runs:
     outputs.truncate_metrics(r.path("metrics.jsonl"), starts[0])
   return (replicate(sweep.stack(states), mesh) if swept else states[0]), starts[0]
@@ -194,6 +213,7 @@ class _Actions:
   rows_per_step: int
   steps_per_epoch: int
   step_last: int       # the step of the last log line (or the start)
+  saved_step: int | None   # the last checkpoint's step (None: none yet)
 
   def __post_init__(self):
     for run in self.runs:   # after the restore dropped newer rows; closed with the run
@@ -217,7 +237,8 @@ class _Actions:
         step += 1
         for i, run in enumerate(self.runs):
           row = {n: v[i][j] for n, v in m.items()}
-          outputs.check_finite(step, row, run.member.name if self.swept else "")
+          outputs.check_finite(step, row, run.member.name if self.swept else "",
+                               self.saved_step, self.config.divergence.max_abs_loss)
           run.checked.append(row)
 
   def log(self, done: int) -> dict:
@@ -253,6 +274,7 @@ class _Actions:
   def save(self, state, done: int) -> None:
     for i, run in enumerate(self.runs):
       run.ckpt.save(done, self.at(state, i))
+    self.saved_step = done
 
   def wait(self) -> None:
     for run in self.runs:

@@ -298,6 +298,23 @@ def test_prepare_bad_files_write_nothing(tmp_path, breaker):
   assert not data_dir.exists()
 
 
+def test_a_leftover_folder_fails_before_preparing_with_one_tfds_warning(tmp_path, caplog):
+  """Through `prepared_builder`, as `train` goes: the leftover is reported
+  at once, and TFDS's warning about it appears once, not once per builder."""
+  import ml_collections
+  from gan_jax.data import sources
+  folder = write_idx_folder(tmp_path / "idx", _make_data())
+  data_dir = tmp_path / "tfds"
+  Path(tfds.builder("fashion_mnist", data_dir=data_dir).data_dir).mkdir(parents=True)
+  caplog.clear()
+  cfg = ml_collections.ConfigDict(dict(name="fashion_mnist", data_dir=str(data_dir),
+                                       idx_dir=str(folder)))
+  with caplog.at_level("WARNING"), pytest.raises(idx.IDXError, match="delete it and run again"):
+    sources.prepared_builder(cfg)
+  notices = [r for r in caplog.records if "has no dataset_info.json" in r.getMessage()]
+  assert len(notices) == 1
+
+
 def test_prepare_leftover_variant_folder(tmp_path):
   # TFDS would silently "reuse" this empty folder; we must not report success.
   folder = write_idx_folder(tmp_path / "idx", _make_data())

@@ -320,8 +320,9 @@ def _offline_builder_cls(name: str) -> type[tfds.core.DatasetBuilder]:
   return _Offline
 
 
-def prepare_from_idx(name: str, folder: PathLike,
-                     data_dir: PathLike | None) -> tfds.core.DatasetBuilder:
+def prepare_from_idx(name: str, folder: PathLike, data_dir: PathLike | None,
+                     builder: tfds.core.DatasetBuilder | None = None
+                     ) -> tfds.core.DatasetBuilder:
   """Prepares the real TFDS dataset `name` in `data_dir` from IDX files.
 
   Does nothing if it is already prepared there. Otherwise validates the four
@@ -333,6 +334,8 @@ def prepare_from_idx(name: str, folder: PathLike,
     name: "mnist" or "fashion_mnist".
     folder: folder with the four IDX files (`IDX_FILES`, raw or `.gz`).
     data_dir: TFDS data dir; None for TFDS's default.
+    builder: `tfds.builder(name, data_dir=data_dir)`, already found
+      unprepared, if the caller has it.
 
   Returns:
     `tfds.builder(name, data_dir=data_dir)`, ready for `as_dataset`.
@@ -347,9 +350,14 @@ def prepare_from_idx(name: str, folder: PathLike,
 
   _check_name(name)
   data_dir = None if data_dir is None else os.fspath(data_dir)
-  builder = tfds.builder(name, data_dir=data_dir)
-  if builder.is_prepared():
-    return builder
+  if builder is None:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      return builder
+  # (A caller that passes its builder found it unprepared: TFDS warns at each
+  # `is_prepared` over a leftover folder.)
+  if os.path.isdir(builder.data_dir):
+    raise _leftover(builder)
   arrays = load_idx_folder(folder)
 
   offline = _offline_builder_cls(name)(data_dir=data_dir)
@@ -383,8 +391,11 @@ def prepare_from_idx(name: str, folder: PathLike,
         pass
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    # TFDS "reuses" any existing variant folder, even an empty one.
-    raise IDXError(
-        f"{builder.data_dir} exists but holds no prepared dataset; delete it "
-        f"and call prepare_from_idx again")
+    raise _leftover(builder)
   return builder
+
+
+def _leftover(builder) -> IDXError:
+  # TFDS "reuses" any existing variant folder, even an empty one.
+  return IDXError(f"{builder.data_dir} exists but holds no prepared dataset (an interrupted "
+                  f"preparation?); delete it and run again")

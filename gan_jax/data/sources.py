@@ -42,7 +42,7 @@ def prepared_builder(data_config: Any) -> tfds.core.DatasetBuilder:
   folder = offline and (data_config.idx_dir or idx.default_idx_dir(data_config.name))
   if folder:
     logging.info("preparing %s in %s from IDX files in %s", data_config.name, data_dir, folder)
-    return idx.prepare_from_idx(data_config.name, folder, data_dir)
+    return idx.prepare_from_idx(data_config.name, folder, data_dir, builder)
   try:
     if offline:  # fail in seconds, not after minutes of TFDS retries
       _check_reachable(type(builder).URL)

@@ -29,6 +29,8 @@ import numpy as np
 from flax import serialization
 from flax import traverse_util
 
+from gan_jax.errors import ConfigError
+
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
 INPUT_SIZE = 299
@@ -323,10 +325,16 @@ def save_variables(path: str, variables: Any) -> None:
 def load_variables(path: str) -> dict:
   """Reads a `save_variables` file, checking every entry's name and shape
   against FIDInceptionV3; a mismatch raises one ValueError naming them all."""
+  again = (f"convert {WEIGHTS_FILE} again with experiments/tools/convert_fid_inception.py "
+           f"--pth {WEIGHTS_FILE} --out {path}")
   with open(path, "rb") as f:
-    state = serialization.msgpack_restore(f.read())
+    try:
+      state = serialization.msgpack_restore(f.read())
+    except Exception as e:  # noqa: BLE001 - msgpack's errors for a damaged or foreign file
+      raise ConfigError(f"{path} is not a converted FID Inception weights file "
+                        f"({type(e).__name__}: {e}); {again}") from e
   if not isinstance(state, dict):
-    raise ValueError(f"{path}: not a FID Inception variables file")
+    raise ConfigError(f"{path}: not a FID Inception variables file; {again}")
   flat = traverse_util.flatten_dict(state)
   expected = _abstract_variables()
   name = lambda p: "/".join(p)
@@ -337,7 +345,8 @@ def load_variables(path: str) -> dict:
                      if tuple(np.shape(flat[p])) != tuple(expected[p].shape))
   problems = _problems(missing, unexpected, bad_shape)
   if problems:
-    raise ValueError(f"{path}: not FID Inception variables: " + "; ".join(problems))
+    raise ConfigError(f"{path}: not FID Inception variables: " + "; ".join(problems)
+                      + f"; {again}")
   return traverse_util.unflatten_dict(
       {p: jnp.asarray(a, jnp.float32) for p, a in flat.items()})
 

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     write(self, step, scalars)
     if step == pause_at and "d_loss" in scalars:
       say(f"AT_STEP {step}")
-      deadline = time.monotonic() + 300   # the test's own timeouts are shorter
+      deadline = time.monotonic() + 900   # the test's own timeouts are shorter
       while not signalled and time.monotonic() < deadline:
         time.sleep(0.01)
   outputs.MetricWriter.write = pausing_write
