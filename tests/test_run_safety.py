@@ -1,7 +1,6 @@
 """Run safety: one trainer per work directory, checks before training, and
 one clear line (exit 1, nothing lost) for the faults that used to end in a
 traceback or a misleading message."""
-import json
 import os
 import shutil
 import signal
