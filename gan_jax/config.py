@@ -167,7 +167,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.latent_dim = 100
   c.model.latent_dist = "normal"     # 'normal' N(0, 1) or 'uniform' U(-1, 1)
   c.model.dtype = "float32"          # convs/matmuls in 'float32' or 'bfloat16' (mixed
-                                     # precision: fp32 weights, BatchNorm and losses)
+                                     # precision: fp32 weights, BatchNorm and losses), or
+                                     # 'auto': bfloat16 where the hardware multiplies it
+                                     # natively (training records the choice)
+  c.model.lowering = "auto"          # layers' implementation: 'auto' per backend compiled
+                                     # for, 'native' (XLA's convs) or 'cpu' everywhere
   c.model.kwargs = ml_collections.ConfigDict()  # the model's own keyword arguments;
                                      # those not given take the model's defaults
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 
 import ml_collections
+from absl import logging
 
-from gan_jax import config as config_lib, losses, models, penalties, registry
+from gan_jax import config as config_lib, hardware, losses, models, penalties, registry
 from gan_jax.errors import ConfigError
 from gan_jax.state import make_optimizers
 
@@ -65,6 +66,19 @@ def complete(config: ml_collections.ConfigDict,
   out = ml_collections.ConfigDict(d)
   out.lock()
   return out
+
+
+def resolve_auto_dtype(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with model.dtype='auto' replaced by the precision this
+  machine's first device runs fastest (`gan_jax.hardware`), logged; after
+  the devices are known (multi-process: after jax.distributed starts)."""
+  if config.model.dtype != "auto":
+    return config
+  dtype, why = hardware.auto_dtype()
+  logging.warning("model.dtype='auto': training in %s (%s)", dtype, why)
+  config = config.copy_and_resolve_references()
+  config.model.dtype = dtype
+  return config
 
 
 def _positive(config, *keys: str) -> None:

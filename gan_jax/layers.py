@@ -1,5 +1,12 @@
 """Layers that XLA runs well on every backend.
 
+Each layer has two implementations with the same parameters and outputs and
+picks one per backend it is compiled for (`lowering='auto'`, through
+`jax.lax.platform_dependent`; on a CPU-only host directly): XLA's own
+convolutions and bfloat16 dots on GPU and TPU, where cuDNN/cuBLAS are the
+fast path, and the paths below on CPU. `lowering='native'` or `'cpu'` forces
+one on every backend.
+
 `Conv` is `flax.linen.Conv` computed, for wide inputs, as slices + one
 matmul, whose higher derivatives (gradient penalties) stay fast on XLA:CPU.
 
@@ -22,7 +29,8 @@ the transposed convolution, versus 2.25x for a 3x3 convolution + depth-to-space.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -30,6 +38,43 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+
+LOWERINGS = ("auto", "native", "cpu")
+
+
+def check_lowering(lowering: str) -> None:
+  if lowering not in LOWERINGS:
+    raise ValueError(f"lowering must be one of {LOWERINGS}, got {lowering!r}")
+
+
+def cpu_only_host() -> bool:
+  """Whether this process has CPU devices only (no GPU or TPU backend)."""
+  return jax.default_backend() == "cpu"
+
+
+def by_backend(name: str, lowering: str, cpu: Callable, native: Callable, *args):
+  """`cpu(*args)` or `native(*args)`: as forced by `lowering`, or ('auto') by
+  the platform compiled for, through `jax.lax.platform_dependent` (only the
+  chosen one is lowered). A CPU-only process takes the CPU path directly:
+  its programs stay free of the platform switch, which changes how XLA fuses
+  a multi-process program. Each runs in a named scope, 'cpu_NAME' or
+  'native_NAME', which the lowered program's locations show."""
+  check_lowering(lowering)
+  def scoped(kind, fn):
+    def run(*a):
+      with jax.named_scope(f"{kind}_{name}"):
+        return fn(*a)
+    return run
+  cpu, native = scoped("cpu", cpu), scoped("native", native)
+  if lowering == "cpu" or (lowering == "auto" and cpu_only_host()):
+    return cpu(*args)
+  if lowering == "native":
+    return native(*args)
+  return jax.lax.platform_dependent(*args, cpu=cpu, default=native)
+
+
+def _compute_dtype(dtype):
+  return jnp.float32 if dtype is None else jnp.dtype(dtype)
 
 
 def _mixed(a: Array, b: Array, dims) -> Array:
@@ -64,27 +109,35 @@ def _bf16_matmul_bwd(res, g):
 _bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
-def matmul(x: Array, w: Array, dtype=None) -> Array:
-  """`x @ w` (w 2-D), computed in `dtype`. For bfloat16 the operands are
-  rounded to bfloat16 and the products accumulate in float32, in the forward
-  and in both backward matmuls: XLA:CPU runs only that form fast (a
-  bfloat16 x bfloat16 -> bfloat16 dot, or one with a float32 operand, as
-  JAX's own transpose rules make, is computed in float32). The result is
-  float32."""
-  if dtype is None or jnp.dtype(dtype) == jnp.float32:
-    return x @ w
-  if jnp.dtype(dtype) != jnp.bfloat16:
+def _native_bf16_matmul(x: Array, w: Array) -> Array:
+  # bfloat16 in and out (GPU/TPU matmul units accumulate in float32); its
+  # autodiff transposes are bfloat16 dots too.
+  return (x.astype(jnp.bfloat16) @ w.astype(jnp.bfloat16)).astype(jnp.float32)
+
+
+def matmul(x: Array, w: Array, dtype=None, lowering: str = "auto") -> Array:
+  """`x @ w` (w 2-D), computed in `dtype`; the result is float32. For
+  bfloat16 on CPU the operands are rounded to bfloat16 and the products
+  accumulate in float32, in the forward and in both backward matmuls:
+  XLA:CPU runs only that form fast (a bfloat16 x bfloat16 -> bfloat16 dot,
+  or one with a float32 operand, as JAX's own transpose rules make, is
+  computed in float32). Elsewhere it is a plain bfloat16 dot."""
+  dtype = _compute_dtype(dtype)
+  if dtype not in (jnp.float32, jnp.bfloat16):
     raise ValueError(f"matmul: compute dtype must be float32 or bfloat16, got {dtype}")
-  return _bf16_matmul(x.astype(jnp.float32), w.astype(jnp.float32))
+  if dtype == jnp.float32:
+    return x @ w
+  x, w = x.astype(jnp.float32), w.astype(jnp.float32)
+  return by_backend("bf16_matmul", lowering, _bf16_matmul, _native_bf16_matmul, x, w)
 
 
-def dense_dot_general(dtype):
+def dense_dot_general(dtype, lowering: str = "auto"):
   """A `dot_general` for `flax.linen.Dense(dot_general=...)` that multiplies
   with `matmul` in `dtype` (leave Dense's own `dtype` unset)."""
   def dot_general(x, kernel, dimension_numbers, precision=None, **kwargs):
     if dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())):
       raise ValueError(f"dense_dot_general: expected a Dense contraction, got {dimension_numbers}")
-    return matmul(x, kernel, dtype)
+    return matmul(x, kernel, dtype, lowering)
   return dot_general
 
 
@@ -201,15 +254,27 @@ class _ConvLike(nn.Module):
   strides: int | Sequence[int] = 1
   padding: Any = "SAME"
   use_bias: bool = True
-  dtype: Any = None   # compute dtype of the im2col matmuls (see `matmul`)
+  dtype: Any = None   # compute dtype: of the im2col matmuls on CPU, of every conv elsewhere
   param_dtype: Any = jnp.float32
+  lowering: str = "auto"   # see the module docstring: 'auto', 'native' or 'cpu'
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
 
-  def compute(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
-    """The convolution; its matmuls run in `self.dtype`, XLA convolutions in
-    float32 (XLA:CPU's bfloat16 convolutions are slower than float32 ones)."""
+  @nn.nowrap
+  def cpu(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+    """The convolution on CPU: its matmuls run in `self.dtype`, XLA
+    convolutions in float32 (XLA:CPU's bfloat16 convolutions are slower)."""
     raise NotImplementedError
+
+  @nn.nowrap
+  def native(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+    """The convolution as XLA's own op, in `self.dtype`, returned as float32."""
+    raise NotImplementedError
+
+  @nn.nowrap
+  def _native_operands(self, x, kernel):
+    dt = _compute_dtype(self.dtype)
+    return x.astype(dt), kernel.astype(dt)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -223,7 +288,9 @@ class _ConvLike(nn.Module):
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.param_dtype)
-    y = self.compute(x, kernel, st)
+    y = by_backend(type(self).__name__.lower(), self.lowering,
+                   functools.partial(self.cpu, strides=st),
+                   functools.partial(self.native, strides=st), x, kernel)
     return y + bias if bias is not None else y
 
 
@@ -231,8 +298,15 @@ class ConvTranspose(_ConvLike):
   """Drop-in for `flax.linen.ConvTranspose` on NHWC inputs (2-D, no dilation,
   transpose_kernel=False): same parameter names and shapes, same output."""
 
-  def compute(self, x, kernel, strides):
+  @nn.nowrap
+  def cpu(self, x, kernel, strides):
     return phase_conv_transpose(x, kernel, strides, self.padding, self.dtype)
+
+  @nn.nowrap
+  def native(self, x, kernel, strides):
+    x, kernel = self._native_operands(x, kernel)
+    return jax.lax.conv_transpose(x, kernel, strides, self.padding,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC")).astype(jnp.float32)
 
 
 def im2col_conv(x: Array, kernel: Array, strides: Sequence[int], padding="SAME",
@@ -273,8 +347,18 @@ class Conv(_ConvLike):
   group): same parameter names and shapes, same output; wide layers (many
   input and output channels) are computed by `im2col_conv`."""
 
-  def compute(self, x, kernel, strides):
+  @nn.nowrap
+  def cpu(self, x, kernel, strides):
     if x.shape[-1] >= _MIN_IM2COL_CHANNELS and kernel.shape[-1] > _MAX_CONV_FEATURES:
       return im2col_conv(x, kernel, strides, self.padding, self.dtype)
-    return jax.lax.conv_general_dilated(x, kernel, strides, self.padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _xla_conv(x, kernel, strides, self.padding)
+
+  @nn.nowrap
+  def native(self, x, kernel, strides):
+    x, kernel = self._native_operands(x, kernel)
+    return _xla_conv(x, kernel, strides, self.padding).astype(jnp.float32)
+
+
+def _xla_conv(x, kernel, strides, padding):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))

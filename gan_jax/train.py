@@ -70,6 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train(config, workdir: str, lock: workdir_lib.WorkdirLock,
            stop: checkpointing.StopOnSignal | None) -> GANState:
+  config = configure.resolve_auto_dtype(config)   # config.json records the choice
   members, swept, mesh = sweep.members(config, workdir), sweep.is_sweep(config), make_mesh()
   configure.validate(config, mesh.devices.size, [m.config for m in members])
   workdir_lib.check_writable(workdir)

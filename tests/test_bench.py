@@ -30,7 +30,7 @@ def test_bench_reports_every_column(tmp_path, capsys):
       assert np.isfinite(r[key]) and r[key] > 0, (r["name"], key, r[key])
     assert r["steps_per_call"] == 2 and r["batch"] == 8
   table = capsys.readouterr().out
-  assert "| dcgan28 | gan_jax bfloat16 |" in table and "measured matmul peak" in table
+  assert "| dcgan28 | 8 | gan_jax bfloat16 |" in table and "measured matmul peak" in table
 
 
 def test_bench_sweep_reports_the_sweep_against_sequential_runs(tmp_path):
@@ -62,3 +62,33 @@ def test_torch_reference_has_the_same_architecture(arch):
   x = g.eval()(z)
   h, w, ch = c.image_shape
   assert tuple(x.shape) == (2, ch, h, w) and tuple(d.eval()(x).shape) == (2,)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_every_stage_without_tensorflow(tmp_path):
+  """gpu_check.sh in its quick mode on the CPU, where TensorFlow, TFDS,
+  tensorboard and tensorboardX cannot be imported (as on the GPU machine):
+  every stage runs and the page has its tables and targets."""
+  import importlib.util
+  import subprocess
+  blocked = tmp_path / "blocked"
+  for name in ("tensorflow", "tensorflow_datasets", "tensorboard", "tensorboardX"):
+    (blocked / name).mkdir(parents=True)
+    (blocked / name / "__init__.py").write_text(
+        f"raise ModuleNotFoundError('{name} is not installed on the GPU machine')\n")
+  out = tmp_path / "gpu_check.md"
+  env = {**os.environ, "GPU_CHECK_QUICK": "1", "PYTHONPATH": str(blocked),
+         "PYTHON": sys.executable,
+         "GPU_CHECK_AGAINST": "torch" if importlib.util.find_spec("torch") else ""}
+  proc = subprocess.run(["bash", os.path.join(TOOLS, "gpu_check.sh"), str(out)], env=env,
+                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  page = out.read_text()
+  assert page.startswith("# gan_jax GPU check, ") and "measured matmul peak" in page
+  for line in ("| fc_gan | 8 | gan_jax float32 |", "| fc_gan | 8 | gan_jax bfloat16 |",
+               "| fc_gan | 16 | gan_jax bfloat16 |", "## K-member sweep",
+               "| fc_gan | 8 | 2 |", "| target | measured | bound | met |",
+               "2-member sweep time / 2 sequential runs"):
+    assert line in page, (line, page)
+  if env["GPU_CHECK_AGAINST"]:
+    assert "| fc_gan | 8 | torch bf16 |" in page

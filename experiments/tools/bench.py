@@ -4,6 +4,8 @@ r"""Training-speed benchmark: the seed architectures at batch 64 on random data.
   python experiments/tools/bench.py --against torch    # + PyTorch, same run
   python experiments/tools/bench.py dcgan28 --dtype bfloat16 --steps-per-call 10
   python experiments/tools/bench.py experiments/wgan_gp_fashion_mnist.py --batch 0
+  python experiments/tools/bench.py dcgan64 --batch 64 1024 --dtype bfloat16 \
+      --against torch torch_compile --markdown table.md     # on a GPU: see gpu_check.sh
 
 Arguments name seed architectures (fc_gan, dcgan28, dcgan64, lsgan32: the
 experiments fc_gan_mnist, dcgan_fashion_mnist, dcgan_color64, lsgan_cifar10)
@@ -17,8 +19,12 @@ matmul peak (fp32, and bf16 with fp32 accumulation), and XLA's peak buffer
 memory. `--input N` also times N steps of the tf.data input pipeline alone
 (Fashion-MNIST, for the 28x28x1 models), the host work that `data.on_device`
 removes. `--against torch` runs experiments/tools/torch_reference.py's
-PyTorch models (eager, torch.optim.Adam, BCEWithLogitsLoss) in the same run
-and prints the ratio. `--config.KEY=VALUE` overrides every config.
+PyTorch models (eager, torch.optim.Adam, BCEWithLogitsLoss) in the same run,
+on the same device (CPU, or CUDA when JAX runs on a GPU), and
+`torch_compile` the same models under `torch.compile`; for `--dtype
+bfloat16` they run under bfloat16 autocast. "vs torch" is gan_jax's
+images/s over eager PyTorch's in the same precision, "vs compile" over
+torch.compile's. `--config.KEY=VALUE` overrides every config.
 """
 import argparse
 import json
@@ -49,9 +55,10 @@ def load_target(target, batch=0, dtype="float32", overrides=None):
   return cfg, target
 
 
-def matmul_peak(dtype, n=2048, repeats=5) -> float:
+def matmul_peak(dtype, n=None, repeats=5) -> float:
   """Best FLOP/s of an n^3 matmul on the default device (bf16 operands
   accumulate in fp32, the form gan_jax's bfloat16 mode uses)."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
   f(a, a).block_until_ready()
@@ -128,10 +135,42 @@ def input_ms_per_step(cfg, c, mesh, n) -> float | None:
   return 1e3 * (time.perf_counter() - t) / n
 
 
-def bench_torch(arch, batch, repeats) -> dict:
+TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}
+
+
+def bench_torch(arch, batch, repeats, dtype="float32", compile=False) -> dict:
+  """PyTorch's step of `arch` on the device JAX uses (CUDA or CPU)."""
   sys.path.insert(0, HERE)
   import torch_reference  # noqa: E402  (optional: needs torch)
-  return torch_reference.time_steps(arch, batch=batch, warmup=3, repeats=repeats, steps=3)
+  device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+  row = torch_reference.time_steps(arch, batch=batch, warmup=3, repeats=repeats, steps=3,
+                                   device=device, compile=compile, bf16=dtype == "bfloat16")
+  impl = "torch.compile" if compile else "torch"
+  row.update(name=arch, dtype=dtype, impl=f"{impl} {TORCH_DTYPES[dtype]}", batch=batch)
+  return row
+
+
+def _ratio(row, rows, impl):
+  ref = [r for r in rows if r["impl"].split()[0] == impl and r["name"] == row["name"]
+         and r["dtype"] == row["dtype"] and r["batch"] == row["batch"]]
+  return row["images_per_sec"] / ref[0]["images_per_sec"] if ref else None
+
+
+def markdown_table(rows) -> str:
+  """One line per (arch, batch, implementation); ratios against eager
+  PyTorch and torch.compile in the same precision, from the same run."""
+  lines = ["| arch | batch | impl | ms/step | images/s | vs torch | vs compile | compile s | "
+           "GFLOP/step | GFLOP/s | of peak | peak MB | input ms/step |", "|" + " --- |" * 13]
+  for r in rows:
+    ours = r["impl"].startswith("gan_jax")
+    frac = format(r["peak_fraction"], ".0%") if ours else "-"
+    lines.append(
+        f"| {r['name']} | {r['batch']} | {r['impl']} | {_fmt(r['ms_per_step'], 2)} | "
+        f"{_fmt(r['images_per_sec'], 0)} | {_fmt(_ratio(r, rows, 'torch'), 2)} | "
+        f"{_fmt(_ratio(r, rows, 'torch.compile'), 2)} | {_fmt(r.get('compile_s'))} | "
+        f"{_fmt(r.get('gflop_per_step'), 2)} | {_fmt(r.get('achieved_gflops'), 0)} | {frac} | "
+        f"{_fmt(r.get('peak_memory_mb'), 0)} | {_fmt(r.get('input_ms_per_step'))} |")
+  return "\n".join(lines)
 
 
 def _fmt(v, digits=1):
@@ -143,49 +182,46 @@ def main(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("targets", nargs="*", default=list(SEEDS),
                       help="seed architecture names or experiment config files")
-  parser.add_argument("--batch", type=int, default=64, help="0 = each config's own")
+  parser.add_argument("--batch", type=int, nargs="+", default=[64],
+                      help="batch sizes to run; 0 = each config's own")
   parser.add_argument("--dtype", nargs="+", default=["float32"],
                       choices=["float32", "bfloat16"], help="model.dtype values to run")
   parser.add_argument("--steps-per-call", type=int, default=5)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--against", choices=["torch"], default=None)
+  parser.add_argument("--against", nargs="+", choices=["torch", "torch_compile"], default=[],
+                      help="PyTorch references run in the same process (seed names only)")
   parser.add_argument("--input", type=int, default=0, metavar="STEPS",
                       help="also time STEPS steps of the TFDS input pipeline")
   parser.add_argument("--json", default="", help="write the rows to this file")
+  parser.add_argument("--markdown", default="", help="write the table to this file")
   args, extra = parser.parse_known_args(argv)
   overrides = cli._split_overrides(extra, parser)
 
   fp32, bf16 = matmul_peak(jnp.float32), matmul_peak(jnp.bfloat16)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}); "
-        f"measured matmul peak {fp32 / 1e9:.0f} GFLOP/s fp32, {bf16 / 1e9:.0f} GFLOP/s bf16",
-        flush=True)
+  header = (f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
+            f"({jax.default_backend()}); measured matmul peak {fp32 / 1e9:,.0f} GFLOP/s fp32, "
+            f"{bf16 / 1e9:,.0f} GFLOP/s bf16")
+  print(header, flush=True)
   rows = []
   for target in args.targets:
-    for dtype in args.dtype:
-      cfg, _ = load_target(target, args.batch, dtype, overrides)
-      row = bench_jax(cfg, target, args.steps_per_call, args.repeats, args.input)
-      peak = bf16 if dtype == "bfloat16" else fp32
-      row["peak_fraction"] = row["achieved_gflops"] * 1e9 / peak
-      rows.append(row)
-      print(json.dumps(row), flush=True)
-    if args.against == "torch" and target in SEEDS:
-      t = bench_torch(target, cfg.batch_size, args.repeats)
-      t.update(name=target, dtype="torch fp32")
-      rows.append(t)
-      print(json.dumps(t), flush=True)
-
-  print(f"\n| arch | impl | ms/step | images/s | vs torch | compile s | GFLOP/step | "
-        f"GFLOP/s | of peak | peak MB | input ms/step |\n|{' --- |' * 11}")
-  torch_rate = {r["name"]: r["images_per_sec"] for r in rows if r["dtype"] == "torch fp32"}
-  for r in rows:
-    is_torch = r["dtype"] == "torch fp32"
-    ratio = None if r["name"] not in torch_rate else r["images_per_sec"] / torch_rate[r["name"]]
-    impl = r["dtype"] if is_torch else f"gan_jax {r['dtype']}"
-    print(f"| {r['name']} | {impl} | {_fmt(r['ms_per_step'])} | {_fmt(r['images_per_sec'], 0)} | "
-          f"{_fmt(ratio, 2) if not is_torch else '1'} | {_fmt(r.get('compile_s'))} | "
-          f"{_fmt(r.get('gflop_per_step'), 2)} | {_fmt(r.get('achieved_gflops'), 0)} | "
-          f"{'-' if is_torch else format(r['peak_fraction'], '.0%')} | "
-          f"{_fmt(r.get('peak_memory_mb'), 0)} | {_fmt(r.get('input_ms_per_step'))} |")
+    for batch in args.batch:
+      for dtype in args.dtype:
+        cfg, _ = load_target(target, batch, dtype, overrides)
+        row = bench_jax(cfg, target, args.steps_per_call, args.repeats, args.input)
+        row["impl"] = f"gan_jax {dtype}"
+        row["peak_fraction"] = row["achieved_gflops"] * 1e9 / (bf16 if dtype == "bfloat16"
+                                                               else fp32)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        for ref in args.against if target in SEEDS else ():
+          rows.append(bench_torch(target, cfg.batch_size, args.repeats, dtype,
+                                  compile=ref == "torch_compile"))
+          print(json.dumps(rows[-1]), flush=True)
+  table = markdown_table(rows)
+  print("\n" + table)
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write(header + "\n\n" + table + "\n")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"device": jax.devices()[0].device_kind, "matmul_peak_gflops":

@@ -84,10 +84,11 @@ def main(argv=None):
   parser.add_argument("--steps-per-call", type=int, default=5)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--json", default="")
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  overrides = bench.cli._split_overrides(extra, parser)
   rows = []
   for target in args.targets:
-    cfg, name = bench.load_target(target, args.batch, "float32")
+    cfg, name = bench.load_target(target, args.batch, "float32", overrides)
     row = bench_sweep(cfg, name, args.members, args.steps_per_call, args.repeats)
     rows.append(row)
     print(f"{name}: 1 member {row['single_ms_per_step']:.1f} ms/step, {args.members} members "

@@ -8,7 +8,11 @@ throughput can be compared with gan_jax's side by side. Images are NCHW.
 
 torch is an optional dependency of the benchmark only (gan_jax never imports
 it): pip install torch --index-url https://download.pytorch.org/whl/cpu
+
+`time_steps` runs on the CPU or a CUDA GPU, eager or `torch.compile`d, in
+float32 or under bfloat16 autocast (torch's mixed precision: fp32 weights).
 """
+import contextlib
 import os
 import statistics
 import time
@@ -110,27 +114,38 @@ class TorchGAN:
   `train_step`): one G forward, a D update on real and fake.detach(), then a
   G update through D(fake) with the updated D."""
 
-  def __init__(self, name, batch=64):
+  def __init__(self, name, batch=64, device="cpu", compile=False, bf16=False):
     cfg = experiment_config(name)
+    self.device = torch.device(device)
+    self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16
+                     else contextlib.nullcontext())
     mc, opt = cfg.model, cfg.optim
     self.shape = (mc.channels, mc.image_size, mc.image_size)
     self.latent_dim, self.latent_dist, self.loss = mc.latent_dim, mc.latent_dist, cfg.loss
     self.real_noise = cfg.real_label_noise
     betas = (opt.b1, opt.b2)
-    self.g, self.d = build(name)
+    g, d = build(name)
+    self.g, self.d = g.to(self.device), d.to(self.device)
     self.g_opt = torch.optim.Adam(self.g.parameters(), lr=opt.g_lr, betas=betas)
     self.d_opt = torch.optim.Adam(self.d.parameters(), lr=opt.d_lr, betas=betas)
     self.crit = nn.MSELoss() if self.loss == "least_squares" else nn.BCEWithLogitsLoss()
     self.scale = 0.5 if self.loss == "least_squares" else 1.0
+    if compile:  # the modules, after the optimisers took their parameters
+      self.g, self.d = torch.compile(self.g), torch.compile(self.d)
 
   def latents(self, n):
     if self.latent_dist == "uniform":
-      return torch.rand(n, self.latent_dim) * 2 - 1
-    return torch.randn(n, self.latent_dim)
+      return torch.rand(n, self.latent_dim, device=self.device) * 2 - 1
+    return torch.randn(n, self.latent_dim, device=self.device)
 
   def step(self, real):
+    with self.autocast:
+      return self._step(real)
+
+  def _step(self, real):
     b = real.shape[0]
-    ones, zeros = torch.ones(b), torch.zeros(b)
+    ones = torch.ones(b, device=self.device)
+    zeros = torch.zeros(b, device=self.device)
     fake = self.g(self.latents(b))
     # D update on real and detached fake.
     self.d_opt.zero_grad(set_to_none=True)
@@ -138,7 +153,8 @@ class TorchGAN:
       logits = self.d(torch.cat([real, fake.detach()]))
       d_loss = self.crit(logits, torch.cat([ones, zeros]))
     else:
-      real_target = ones + self.real_noise * torch.rand(b) if self.real_noise else ones
+      real_target = (ones + self.real_noise * torch.rand(b, device=self.device)
+                     if self.real_noise else ones)
       d_loss = self.scale * (self.crit(self.d(real), real_target)
                              + self.crit(self.d(fake.detach()), zeros))
     d_loss.backward()
@@ -151,22 +167,30 @@ class TorchGAN:
     return d_loss.detach(), g_loss.detach()
 
 
-def time_steps(name, batch=64, warmup=3, repeats=5, steps=5):
+def time_steps(name, batch=64, warmup=3, repeats=5, steps=5, device="cpu", compile=False,
+               bf16=False):
   """Median ms/step over `repeats` timings of `steps` training steps each,
-  after `warmup` steps, on uniform [-1, 1] 'real' data, with torch's default
-  thread count; also the fastest and slowest repeat and the models' sizes."""
-  gan = TorchGAN(name, batch)
-  real = torch.rand(batch, *gan.shape) * 2 - 1
+  after `warmup` steps (their time: `compile_s`, the first compiles), on
+  uniform [-1, 1] 'real' data, with torch's default thread count; also the
+  fastest and slowest repeat and the models' sizes."""
+  gan = TorchGAN(name, batch, device, compile, bf16)
+  real = torch.rand(batch, *gan.shape, device=gan.device) * 2 - 1
+  sync = torch.cuda.synchronize if gan.device.type == "cuda" else (lambda: None)
+  t = time.perf_counter()
   for _ in range(warmup):
     gan.step(real)
+  sync()
+  warmup_s = time.perf_counter() - t
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
     for _ in range(steps):
       gan.step(real)
+    sync()
     times.append((time.perf_counter() - t) / steps)
   ms = 1e3 * statistics.median(times)
-  return {"name": name, "config": SEEDS[name], "batch": batch,
+  return {"name": name, "config": SEEDS[name], "batch": batch, "device": str(gan.device),
+          "compiled": compile, "autocast_bf16": bf16, "compile_s": warmup_s,
           "threads": torch.get_num_threads(), "ms_per_step": ms,
           "ms_min": 1e3 * min(times), "ms_max": 1e3 * max(times),
           "images_per_sec": batch / (ms / 1e3),

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from gan_jax import config as config_lib
+from gan_jax import config as config_lib, hardware, layers
 from gan_jax.errors import ConfigError
 from gan_jax.models.blocks import (NORMS, UPSAMPLES, Conv, ConvDiscriminator,  # noqa: F401
                                    ConvGenerator, MLPDiscriminator, MLPGenerator, activate,
@@ -102,14 +102,17 @@ def _check_common_keys(model_config: Any) -> None:
                         f"a model's own arguments go in model.kwargs: model.kwargs.{key}")
 
 
-def _with_dtype(module: nn.Module, dtype: str, name: str) -> nn.Module:
+def _with_precision(module: nn.Module, dtype: str, lowering: str, name: str) -> nn.Module:
   # Mixed precision: params stay float32; convs and matmuls run in `dtype`.
-  if "dtype" in {f.name for f in dataclasses.fields(module)}:
-    return module.clone(dtype=COMPUTE_DTYPES[dtype])
-  if dtype == "float32":
-    return module
-  raise ConfigError(f"model.dtype={dtype!r}: model {name!r}'s {type(module).__name__} has no "
-                    f"`dtype` field to compute in; use model.dtype='float32'")
+  # The lowering picks the layers' implementation (gan_jax.layers).
+  fields = {f.name for f in dataclasses.fields(module)}
+  for key, value, default in (("dtype", dtype, "float32"), ("lowering", lowering, "auto")):
+    if key in fields:
+      module = module.clone(**{key: COMPUTE_DTYPES[value] if key == "dtype" else value})
+    elif value != default:
+      raise ConfigError(f"model.{key}={value!r}: model {name!r}'s {type(module).__name__} has "
+                        f"no `{key}` field; use model.{key}={default!r}")
+  return module
 
 
 def build_models(model_config: Any, pixel_range=(-1.0, 1.0),
@@ -121,12 +124,18 @@ def build_models(model_config: Any, pixel_range=(-1.0, 1.0),
   _check_common_keys(model_config)
   kwargs = model_kwargs(model_config)
   dtype = model_config.get("dtype", "float32")
+  if dtype == "auto":
+    dtype = hardware.auto_dtype()[0]
   if dtype not in COMPUTE_DTYPES:
-    raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)}, got {dtype!r}")
+    raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)} or 'auto', got "
+                      f"{dtype!r}")
+  lowering = model_config.get("lowering", "auto")
+  if lowering not in layers.LOWERINGS:
+    raise ConfigError(f"model.lowering must be one of {layers.LOWERINGS}, got {lowering!r}")
   ctx = ModelContext(image_shape(model_config), model_config["latent_dim"],
                      tuple(float(v) for v in pixel_range), axis_name)
   g, d = fn(ctx, **kwargs)
-  return _with_dtype(g, dtype, name), _with_dtype(d, dtype, name)
+  return (_with_precision(g, dtype, lowering, name), _with_precision(d, dtype, lowering, name))
 
 
 # The built-in architectures register with `register` above.

@@ -107,17 +107,18 @@ def _apply_layer(layer: nn.Module, x: jax.Array, train: bool,
   return y.astype(jnp.float32)
 
 
-def _dot(dtype):
+def _dot(dtype, lowering="auto"):
   """Dense's matmul in the compute dtype (float32: flax's own)."""
-  return None if dtype is None else layers.dense_dot_general(dtype)
+  return None if dtype is None else layers.dense_dot_general(dtype, lowering)
 
 
 def _apply_conv(spec: Conv, x, *, train, axis_name, upsample="phase", spectral_norm=False,
-                dtype=None):
+                dtype=None, lowering="auto"):
   use_bias = spec.norm == "none" if spec.bias is None else spec.bias
   cls = upsample_layer(upsample) if spec.transpose else layers.Conv
+  kwargs = {"lowering": lowering} if cls in (layers.Conv, layers.ConvTranspose) else {}
   conv = cls(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride), "SAME",
-             use_bias=use_bias, kernel_init=dcgan_init, dtype=dtype)
+             use_bias=use_bias, kernel_init=dcgan_init, dtype=dtype, **kwargs)
   x = _apply_layer(conv, x, train, spectral_norm)
   x = activate(normalise(x, spec.norm, train, axis_name), spec.act, spec.slope)
   if spec.dropout:
@@ -146,18 +147,20 @@ class ConvGenerator(nn.Module):
   upsample: str = "phase"
   axis_name: str | None = None
   dtype: Any = None   # compute dtype of convs and matmuls (None: float32)
+  lowering: str = "auto"   # gan_jax.layers: per backend, or 'native' / 'cpu' forced
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     chex.assert_shape(z, (None, self.latent_dim))
     x = _apply_layer(nn.Dense(int(np.prod(self.start)), use_bias=self.project_bias,
-                           kernel_init=dcgan_init, dot_general=_dot(self.dtype)), z, train)
+                           kernel_init=dcgan_init, dot_general=_dot(self.dtype, self.lowering)),
+                     z, train)
     x = x.reshape(z.shape[0], *self.start)
     x = activate(normalise(x, self.project_norm, train, self.axis_name),
                  self.project_act, self.project_slope)
     for spec in self.layers:
       x = _apply_conv(spec, x, train=train, axis_name=self.axis_name, upsample=self.upsample,
-                      dtype=self.dtype)
+                      dtype=self.dtype, lowering=self.lowering)
     chex.assert_shape(x, (z.shape[0], *self.out_shape))
     return to_pixel_range(x, self.pixel_range)
 
@@ -170,6 +173,7 @@ class ConvDiscriminator(nn.Module):
   spectral_norm: bool = False
   axis_name: str | None = None
   dtype: Any = None
+  lowering: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -177,7 +181,8 @@ class ConvDiscriminator(nn.Module):
     h = x
     for spec in self.layers:
       h = _apply_conv(spec, h, train=train, axis_name=self.axis_name,
-                      spectral_norm=self.spectral_norm, dtype=self.dtype)
+                      spectral_norm=self.spectral_norm, dtype=self.dtype,
+                      lowering=self.lowering)
     h = h.reshape(h.shape[0], -1)
     if self.head_dropout:
       h = nn.Dropout(self.head_dropout, deterministic=not train)(h)
@@ -198,16 +203,16 @@ class MLPGenerator(nn.Module):
   act: str = "relu"
   pixel_range: tuple[float, float] = (-1.0, 1.0)
   dtype: Any = None
+  lowering: str = "auto"
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     chex.assert_shape(z, (None, self.latent_dim))
     h = z
+    dot = _dot(self.dtype, self.lowering)
     for width in self.hidden:
-      h = activate(_apply_layer(nn.Dense(width, dot_general=_dot(self.dtype)), h, train),
-                   self.act)
-    x = _apply_layer(nn.Dense(int(np.prod(self.out_shape)), dot_general=_dot(self.dtype)), h,
-                     train)
+      h = activate(_apply_layer(nn.Dense(width, dot_general=dot), h, train), self.act)
+    x = _apply_layer(nn.Dense(int(np.prod(self.out_shape)), dot_general=dot), h, train)
     x = jnp.tanh(x).reshape(z.shape[0], *self.out_shape)
     return to_pixel_range(x, self.pixel_range)
 
@@ -219,12 +224,14 @@ class MLPDiscriminator(nn.Module):
   slope: float = 0.2
   spectral_norm: bool = False
   dtype: Any = None
+  lowering: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     chex.assert_shape(x, (None, *self.in_shape))
     h = x.reshape(x.shape[0], -1)
+    dot = _dot(self.dtype, self.lowering)
     for width in self.hidden:
-      h = nn.leaky_relu(_apply_layer(nn.Dense(width, dot_general=_dot(self.dtype)), h, train,
+      h = nn.leaky_relu(_apply_layer(nn.Dense(width, dot_general=dot), h, train,
                                   self.spectral_norm), self.slope)
     return _dense_logit(h, train, self.spectral_norm, x.shape[0])
