@@ -36,9 +36,11 @@ def native_bf16(device: jax.Device | None = None) -> tuple[bool, str]:
     return True, "TPU"
   if platform == "gpu" or platform in ("cuda", "rocm"):
     capability = getattr(device, "compute_capability", None)
-    if capability is None:   # ROCm: every supported GPU has bf16 matrix units
+    try:
+      major = float(capability)
+    except (TypeError, ValueError):   # ROCm (a gfx name): its supported GPUs have bf16 units
       return True, device.device_kind
-    ok = float(capability) >= 8.0
+    ok = major >= 8.0
     return ok, f"{device.device_kind}, compute capability {capability}" + (
         "" if ok else " (bf16 tensor cores need 8.0)")
   if platform == "cpu":

@@ -92,3 +92,22 @@ def test_gpu_check_script_runs_every_stage_without_tensorflow(tmp_path):
     assert line in page, (line, page)
   if env["GPU_CHECK_AGAINST"]:
     assert "| fc_gan | 8 | torch bf16 |" in page
+
+
+def test_gpu_report_marks_failed_references_and_unmeasured_targets(tmp_path):
+  """A PyTorch reference that failed is a row saying why; a target without
+  its rows is 'not measured' and not met, never left out."""
+  import gpu_report
+  row = {"name": "fc_gan", "batch": 64, "dtype": "float32", "ms_per_step": 2.0,
+         "images_per_sec": 32000.0, "compile_s": 1.0, "gflop_per_step": 1.0,
+         "achieved_gflops": 500.0, "peak_memory_mb": 10.0, "peak_fraction": 0.5}
+  rows = [{**row, "impl": "gan_jax float32"},
+          {**row, "impl": "torch fp32", "images_per_sec": 8000.0},
+          bench.torch_row("no_such_arch", 64, 1, "float32", compile=True)]
+  path = tmp_path / "small.json"
+  path.write_text(json.dumps({"device": "test", "matmul_peak_gflops":
+                              {"float32": 1000.0, "bfloat16": 2000.0}, "rows": rows}))
+  page = gpu_report.report([str(path)])
+  assert "| fc_gan batch 64 float32: images/s vs eager PyTorch | 4.00 | >= 2.0 | yes |" in page
+  assert "| no_such_arch | 64 | torch.compile fp32 | failed: " in page
+  assert "| dcgan28 batch 64: images/s vs eager PyTorch | not measured | >= 2.0 | NO |" in page

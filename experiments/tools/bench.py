@@ -150,10 +150,24 @@ def bench_torch(arch, batch, repeats, dtype="float32", compile=False) -> dict:
   return row
 
 
+def torch_row(arch, batch, repeats, dtype, compile) -> dict:
+  """`bench_torch`, or a row that says why it failed (a missing compiler for
+  torch.compile, memory at a large batch): the other rows still count."""
+  try:
+    return bench_torch(arch, batch, repeats, dtype, compile)
+  except Exception as e:  # noqa: BLE001  (any failure of the optional reference)
+    impl = "torch.compile" if compile else "torch"
+    return {"name": arch, "dtype": dtype, "impl": f"{impl} {TORCH_DTYPES[dtype]}",
+            "batch": batch, "ms_per_step": None, "images_per_sec": None,
+            "error": f"{type(e).__name__}: {e}"[:300]}
+
+
 def _ratio(row, rows, impl):
   ref = [r for r in rows if r["impl"].split()[0] == impl and r["name"] == row["name"]
          and r["dtype"] == row["dtype"] and r["batch"] == row["batch"]]
-  return row["images_per_sec"] / ref[0]["images_per_sec"] if ref else None
+  if not ref or not ref[0]["images_per_sec"] or not row["images_per_sec"]:
+    return None
+  return row["images_per_sec"] / ref[0]["images_per_sec"]
 
 
 def markdown_table(rows) -> str:
@@ -164,6 +178,10 @@ def markdown_table(rows) -> str:
   for r in rows:
     ours = r["impl"].startswith("gan_jax")
     frac = format(r["peak_fraction"], ".0%") if ours else "-"
+    if r.get("error"):
+      lines.append(f"| {r['name']} | {r['batch']} | {r['impl']} | failed: "
+                   f"{r['error'].splitlines()[0][:120]} |" + " - |" * 9)
+      continue
     lines.append(
         f"| {r['name']} | {r['batch']} | {r['impl']} | {_fmt(r['ms_per_step'], 2)} | "
         f"{_fmt(r['images_per_sec'], 0)} | {_fmt(_ratio(r, rows, 'torch'), 2)} | "
@@ -213,17 +231,23 @@ def main(argv=None):
                                                                else fp32)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        save(args.json, rows, fp32, bf16)
         for ref in args.against if target in SEEDS else ():
-          rows.append(bench_torch(target, cfg.batch_size, args.repeats, dtype,
-                                  compile=ref == "torch_compile"))
+          rows.append(torch_row(target, cfg.batch_size, args.repeats, dtype,
+                                compile=ref == "torch_compile"))
           print(json.dumps(rows[-1]), flush=True)
+          save(args.json, rows, fp32, bf16)
   table = markdown_table(rows)
   print("\n" + table)
   if args.markdown:
     with open(args.markdown, "w") as f:
       f.write(header + "\n\n" + table + "\n")
-  if args.json:
-    with open(args.json, "w") as f:
+
+
+def save(path, rows, fp32, bf16) -> None:
+  """The rows so far (rewritten after each: a later failure keeps them)."""
+  if path:
+    with open(path, "w") as f:
       json.dump({"device": jax.devices()[0].device_kind, "matmul_peak_gflops":
                  {"float32": fp32 / 1e9, "bfloat16": bf16 / 1e9}, "rows": rows}, f, indent=1)
 

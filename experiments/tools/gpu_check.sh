@@ -13,10 +13,12 @@
 # repository root: they are installed to a temporary folder first.
 # GPU_CHECK_QUICK=1 runs every stage in seconds with tiny models (for CI on a CPU).
 set -euo pipefail
+out=$(realpath -m "${1:-gpu_check.md}")   # before the cd: relative to the caller
 cd "$(dirname "$0")/../.."
-out=$(realpath -m "${1:-gpu_check.md}")
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# JAX and PyTorch share the GPU: no 75% up-front reservation by JAX.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 if compgen -G ".whl/*.whl" >/dev/null; then
   site=$(mktemp -d)
   "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
@@ -32,14 +34,15 @@ if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
 else
   archs="fc_gan dcgan28 dcgan64 lsgan32"; big=dcgan64; sweep_archs="fc_gan dcgan28"
   small=64; large=1024; members=8; quick=()
+  export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}   # fail at once if JAX cannot use the GPU
 fi
 "$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 "$py" experiments/tools/bench.py $archs --batch $small --dtype float32 bfloat16 \
-  "${against_args[@]}" --json "$tmp/small.json" "${quick[@]}"
+  ${against_args[@]+"${against_args[@]}"} --json "$tmp/small.json" ${quick[@]+"${quick[@]}"}
 "$py" experiments/tools/bench.py $big --batch $large --dtype bfloat16 float32 \
-  "${against_args[@]}" --json "$tmp/large.json" "${quick[@]}"
+  ${against_args[@]+"${against_args[@]}"} --json "$tmp/large.json" ${quick[@]+"${quick[@]}"}
 "$py" experiments/tools/bench_sweep.py $sweep_archs --members $members --batch $small \
-  --json "$tmp/sweep.json" "${quick[@]}"
+  --json "$tmp/sweep.json" ${quick[@]+"${quick[@]}"}
 "$py" experiments/tools/gpu_report.py "$tmp/small.json" "$tmp/large.json" \
   --sweep "$tmp/sweep.json" > "$out"
 cat "$out"

@@ -29,10 +29,12 @@ def _target_rows(rows, sweeps):
     batch = large if batch == "large" else batch
     ours = [r for r in rows if r["impl"].startswith("gan_jax") and r["name"] == arch
             and r["batch"] == batch and (measure != "peak" or r["dtype"] == "bfloat16")]
+    if not ours:
+      out.append((f"{arch} batch {batch}: {what}", None, bound, False))
     for r in ours:
       value = (r["peak_fraction"] if measure == "peak" else bench._ratio(r, rows, measure))
-      if value is not None:
-        out.append((f"{arch} batch {batch} {r['dtype']}: {what}", value, bound, value >= bound))
+      out.append((f"{arch} batch {batch} {r['dtype']}: {what}", value, bound,
+                  value is not None and value >= bound))
   for s in sweeps:
     share = s["sweep_share_of_sequential"]
     out.append((f"{s['name']} batch {s['batch']}: {s['members']}-member sweep time / "
@@ -60,7 +62,8 @@ def report(bench_files, sweep_file=None) -> str:
   lines += ["## Targets", "", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
   for what, value, bound, met in _target_rows(rows, sweeps):
     op = ">=" if "sweep" not in what else "<="
-    lines.append(f"| {what} | {value:.2f} | {op} {bound} | {'yes' if met else 'NO'} |")
+    shown = "not measured" if value is None else f"{value:.2f}"
+    lines.append(f"| {what} | {shown} | {op} {bound} | {'yes' if met else 'NO'} |")
   return "\n".join(lines) + "\n"
 
 

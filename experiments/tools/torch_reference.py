@@ -130,8 +130,10 @@ class TorchGAN:
     self.d_opt = torch.optim.Adam(self.d.parameters(), lr=opt.d_lr, betas=betas)
     self.crit = nn.MSELoss() if self.loss == "least_squares" else nn.BCEWithLogitsLoss()
     self.scale = 0.5 if self.loss == "least_squares" else 1.0
-    if compile:  # the modules, after the optimisers took their parameters
-      self.g, self.d = torch.compile(self.g), torch.compile(self.d)
+    if compile:  # the modules, after the optimisers took their parameters; static
+      # shapes (D sees 2B rows in the joint loss and B otherwise)
+      self.g = torch.compile(self.g, dynamic=False)
+      self.d = torch.compile(self.d, dynamic=False)
 
   def latents(self, n):
     if self.latent_dist == "uniform":
@@ -173,6 +175,10 @@ def time_steps(name, batch=64, warmup=3, repeats=5, steps=5, device="cpu", compi
   after `warmup` steps (their time: `compile_s`, the first compiles), on
   uniform [-1, 1] 'real' data, with torch's default thread count; also the
   fastest and slowest repeat and the models' sizes."""
+  if torch.device(device).type == "cuda":
+    # TF32 for fp32 matmuls and convolutions, as XLA:GPU's default precision uses.
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
   gan = TorchGAN(name, batch, device, compile, bf16)
   real = torch.rand(batch, *gan.shape, device=gan.device) * 2 - 1
   sync = torch.cuda.synchronize if gan.device.type == "cuda" else (lambda: None)

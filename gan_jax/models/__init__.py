@@ -102,10 +102,14 @@ def _check_common_keys(model_config: Any) -> None:
                         f"a model's own arguments go in model.kwargs: model.kwargs.{key}")
 
 
-def _with_precision(module: nn.Module, dtype: str, lowering: str, name: str) -> nn.Module:
-  # Mixed precision: params stay float32; convs and matmuls run in `dtype`.
+def _with_precision(module: nn.Module, dtype: str, lowering: str, name: str,
+                    auto_dtype: bool = False) -> nn.Module:
+  # Mixed precision: params stay float32; convs and matmuls run in `dtype`
+  # ('auto' asked: float32 for a module that cannot compute in another).
   # The lowering picks the layers' implementation (gan_jax.layers).
   fields = {f.name for f in dataclasses.fields(module)}
+  if auto_dtype and "dtype" not in fields:
+    dtype = "float32"
   for key, value, default in (("dtype", dtype, "float32"), ("lowering", lowering, "auto")):
     if key in fields:
       module = module.clone(**{key: COMPUTE_DTYPES[value] if key == "dtype" else value})
@@ -124,7 +128,8 @@ def build_models(model_config: Any, pixel_range=(-1.0, 1.0),
   _check_common_keys(model_config)
   kwargs = model_kwargs(model_config)
   dtype = model_config.get("dtype", "float32")
-  if dtype == "auto":
+  auto = dtype == "auto"
+  if auto:
     dtype = hardware.auto_dtype()[0]
   if dtype not in COMPUTE_DTYPES:
     raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)} or 'auto', got "
@@ -135,7 +140,7 @@ def build_models(model_config: Any, pixel_range=(-1.0, 1.0),
   ctx = ModelContext(image_shape(model_config), model_config["latent_dim"],
                      tuple(float(v) for v in pixel_range), axis_name)
   g, d = fn(ctx, **kwargs)
-  return (_with_precision(g, dtype, lowering, name), _with_precision(d, dtype, lowering, name))
+  return tuple(_with_precision(m, dtype, lowering, name, auto) for m in (g, d))
 
 
 # The built-in architectures register with `register` above.
