@@ -105,17 +105,19 @@ def _check_common_keys(model_config: Any) -> None:
 def _with_precision(module: nn.Module, dtype: str, lowering: str, name: str,
                     auto_dtype: bool = False) -> nn.Module:
   # Mixed precision: params stay float32; convs and matmuls run in `dtype`
-  # ('auto' asked: float32 for a module that cannot compute in another).
+  # (asked for as 'auto': float32 for a module that cannot compute in another).
   # The lowering picks the layers' implementation (gan_jax.layers).
   fields = {f.name for f in dataclasses.fields(module)}
-  if auto_dtype and "dtype" not in fields:
-    dtype = "float32"
-  for key, value, default in (("dtype", dtype, "float32"), ("lowering", lowering, "auto")):
-    if key in fields:
-      module = module.clone(**{key: COMPUTE_DTYPES[value] if key == "dtype" else value})
-    elif value != default:
-      raise ConfigError(f"model.{key}={value!r}: model {name!r}'s {type(module).__name__} has "
-                        f"no `{key}` field; use model.{key}={default!r}")
+  if "dtype" in fields:
+    module = module.clone(dtype=COMPUTE_DTYPES[dtype])
+  elif dtype != "float32" and not auto_dtype:
+    raise ConfigError(f"model.dtype={dtype!r}: model {name!r}'s {type(module).__name__} has "
+                      f"no `dtype` field to compute in; use model.dtype='float32'")
+  if "lowering" in fields:
+    module = module.clone(lowering=lowering)
+  elif lowering != "auto":
+    raise ConfigError(f"model.lowering={lowering!r}: model {name!r}'s {type(module).__name__} "
+                      f"has no `lowering` field; use model.lowering='auto'")
   return module
 
 
