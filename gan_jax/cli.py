@@ -2,7 +2,7 @@
 
   gan-jax train  --config experiments/dcgan_fashion_mnist.py --workdir DIR [--config.KEY=VALUE ...]
                  [--coordinator HOST:PORT --num-processes N --process-id I]   (multi-host; SLURM: detected)
-  gan-jax sample --workdir DIR [--num 64] [--step N]
+  gan-jax sample --workdir DIR [--num 64] [--step N] [--label K | --labels all]
   gan-jax eval   --workdir DIR [--step N] [--out FILE] [--config.eval.KEY=VALUE ...]
   gan-jax eval   --config experiments/dcgan_fashion_mnist.py --split train   (a real split vs eval.split)
   gan-jax prepare --config experiments/dcgan_fashion_mnist.py   (data only)
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--num", type=int, default=64, help="number of samples")
   sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   sample.add_argument("--seed", type=int, default=0, help="seed of the latent batch")
+  which = sample.add_mutually_exclusive_group()
+  which.add_argument("--label", type=int, default=None, metavar="K",
+                     help="class-conditional G: samples of class K only")
+  which.add_argument("--labels", choices=["all"], default=None,
+                     help="class-conditional G: 'all' = a grid with one row per class "
+                     "(--num // classes images each)")
   evaluate = sub.add_parser(
       "eval", help="score a work directory's checkpoint (FD, KID, IS, precision/recall) "
       "and write a JSON report")
@@ -138,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f"report written to {path}", file=sys.stderr)
     else:
       print("\n".join(commands.write_samples(config, args.workdir, args.num,
-                                              step=args.step, seed=args.seed)))
+                                              step=args.step, seed=args.seed,
+                                              label=args.label,
+                                              all_labels=args.labels == "all")))
   except UserError as e:   # the user's input or environment: one line, no traceback
     print(f"gan-jax: error: {e}", file=sys.stderr)
     return 1

@@ -159,6 +159,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.shuffle_buffer = 60_000
   c.data.on_device = False           # keep the split on the device(s); the step gathers
                                      # its batch by index (datasets that fit in memory)
+  c.data.num_examples = 0            # train on the first N examples of data.split only
+                                     # (limited-data experiments); 0 = all of it
+  c.data.class_names = ()            # the data's class names (conditional models):
+                                     # recorded by training from the source
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dcgan28"           # a registered model (gan_jax.models.MODELS)
@@ -166,6 +170,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.channels = 1
   c.model.latent_dim = 100
   c.model.latent_dist = "normal"     # 'normal' N(0, 1) or 'uniform' U(-1, 1)
+  c.model.num_classes = 0            # > 0: class-conditional G and D (the data's labels;
+                                     # generated labels uniform over the classes)
   c.model.dtype = "float32"          # convs/matmuls in 'float32' or 'bfloat16' (mixed
                                      # precision: fp32 weights, BatchNorm and losses), or
                                      # 'auto': bfloat16 where the hardware multiplies it
@@ -182,6 +188,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.d_steps = 1                      # D (critic) updates per G update, each on a fresh batch
   c.real_label = 1.0                 # D's target for real data (0.9: one-sided smoothing)
   c.real_label_noise = 0.0           # + noise * U(0, 1) per example (noisy labels)
+  c.class_loss_weight = 1.0          # ACGAN head (model.kwargs.d_head): weight of the
+                                     # class loss, D's on reals and G's on fakes
+  c.augment = ml_collections.ConfigDict()  # DiffAugment (gan_jax.augment) before D, on
+  c.augment.policy = ""              # reals and fakes in both updates: 'color,translation,
+                                     # cutout' (registered names); "" = off
+  c.augment.p = 1.0                  # each augmentation's probability per image (the start
+                                     # value when adaptive)
+  c.augment.ada_target = 0.0         # > 0: adapt p (ADA) so E[sign(D(real))] -> this
+                                     # (0.6 in ADA); 0 = p fixed
+  c.augment.ada_images = 500_000     # images for the adaptive p to go from 0 to 1
   c.ema_decay = 0.0                  # EMA of G's params, used for samples; 0 = off
   c.ema_start = 0                    # steps before the EMA starts averaging
   c.divergence = ml_collections.ConfigDict()  # when training stops as diverged (besides

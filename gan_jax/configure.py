@@ -15,7 +15,8 @@ import os
 import ml_collections
 from absl import logging
 
-from gan_jax import config as config_lib, hardware, losses, models, penalties, registry
+from gan_jax import (augment, config as config_lib, hardware, losses, models, penalties,
+                     registry)
 from gan_jax.errors import ConfigError
 from gan_jax.state import make_optimizers
 
@@ -81,6 +82,23 @@ def resolve_auto_dtype(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return config
 
 
+def record_class_names(config: ml_collections.ConfigDict, members: list) -> None:
+  """Sets data.class_names (of `config` and each sweep member's config) to
+  the classes the conditional model's data names (TFDS label names, an image
+  folder's class subfolders), so config.json records them; a number of
+  classes other than model.num_classes is a ConfigError."""
+  from gan_jax.data import sources   # lazily: reads the dataset's metadata
+  names = sources.class_names(config.data)
+  if names is None:
+    return
+  if len(names) != config.model.num_classes:
+    raise ConfigError(f"the data has {len(names)} classes ({', '.join(names[:12])}"
+                      f"{', ...' if len(names) > 12 else ''}); set model.num_classes="
+                      f"{len(names)} (it is {config.model.num_classes})")
+  for cfg in [config] + [m.config for m in members]:
+    cfg.data.class_names = tuple(names)
+
+
 def _positive(config, *keys: str) -> None:
   for key in keys:
     if config[key] <= 0:
@@ -105,6 +123,14 @@ def check_components(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"d_steps must be >= 1, got {config.d_steps}")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+  augment.parse_policy(config.augment.policy)
+  for key in ("p", "ada_target"):
+    if not 0.0 <= config.augment[key] <= 1.0:
+      raise ConfigError(f"augment.{key} must be in [0, 1], got {config.augment[key]}")
+  if config.augment.ada_images <= 0:
+    raise ConfigError(f"augment.ada_images must be positive, got {config.augment.ada_images}")
+  if config.class_loss_weight < 0:
+    raise ConfigError(f"class_loss_weight must be >= 0, got {config.class_loss_weight}")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

@@ -97,9 +97,10 @@ def image_grid(images: np.ndarray, pixel_range=(-1.0, 1.0), cols: int | None = N
 
 @main_process_only
 def save_image_grid(images: np.ndarray, path: str, pixel_range=(-1.0, 1.0),
-                    upscale: int = 2) -> None:
+                    upscale: int = 2, cols: int | None = None) -> None:
+  """A PNG grid of `images`, `cols` per row (default: a square)."""
   from PIL import Image
-  grid = image_grid(images, pixel_range)
+  grid = image_grid(images, pixel_range, cols)
   img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   if upscale > 1:
     img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)

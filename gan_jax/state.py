@@ -50,13 +50,16 @@ def make_optimizers(optim_config: Any, g_lr=None, d_lr=None
 
 def create_state(seed: int, g: nn.Module, d: nn.Module, g_tx: optax.GradientTransformation,
                  d_tx: optax.GradientTransformation, latent_dim: int,
-                 image_shape: tuple[int, int, int], aux: dict | None = None) -> GANState:
+                 image_shape: tuple[int, int, int], aux: dict | None = None,
+                 num_classes: int = 0) -> GANState:
   """Initialises parameters, BatchNorm statistics and both optimiser states;
-  `aux` holds the stateful penalties' initial states."""
+  `aux` holds the stateful penalties' initial states. A conditional pair
+  (num_classes > 0) is initialised with labels."""
   rng = jax.random.PRNGKey(seed)
   g_key, d_key, rng = jax.random.split(rng, 3)
-  g_vars = g.init(g_key, jnp.zeros((2, latent_dim), jnp.float32), train=False)
-  d_vars = d.init(d_key, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+  labels = (jnp.zeros((2,), jnp.int32),) if num_classes else ()
+  g_vars = g.init(g_key, jnp.zeros((2, latent_dim), jnp.float32), *labels, train=False)
+  d_vars = d.init(d_key, jnp.zeros((2, *image_shape), jnp.float32), *labels, train=False)
   return GANState(
       step=jnp.zeros((), jnp.int32), rng=rng,
       g_params=g_vars["params"], d_params=d_vars["params"], g_ema_params=g_vars["params"],

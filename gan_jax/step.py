@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from gan_jax import data, losses
-from gan_jax.components import Components, sample_latents, with_hparams
+from gan_jax import augment as augment_lib, data, losses
+from gan_jax.components import ADA_KEY, Components, sample_labels, sample_latents, with_hparams
 from gan_jax.mesh import AXIS, check_vma
 from gan_jax.state import GANState
 
@@ -31,21 +31,42 @@ def _local_rows(key, draw, b: int, axis_name: str):
   return jax.lax.dynamic_slice_in_dim(rows, jax.lax.axis_index(axis_name) * b, b)
 
 
-def train_step(state: GANState, batch: jax.Array, *, c: Components,
+def _class_loss(class_logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(class_logits, labels).mean()
+
+
+def train_step(state: GANState, batch, *, c: Components,
                axis_name: str = AXIS) -> tuple[GANState, dict[str, jax.Array]]:
   """`c.d_steps` D updates, each on its own slice of the batch, then one G
   update, on this device's shard. The batch holds `d_steps` consecutive
-  critic batches: its rows are (d_steps, per-device batch) in order."""
-  b = batch.shape[0] // c.d_steps
-  reals = batch.reshape(c.d_steps, b, *batch.shape[1:])
+  critic batches: its rows are (d_steps, per-device batch) in order. A
+  conditional model's batch is an (images, labels) pair."""
+  images, labels = batch if isinstance(batch, tuple) else (batch, None)
+  b = images.shape[0] // c.d_steps
+  reals = images.reshape(c.d_steps, b, *images.shape[1:])
   key = jax.random.fold_in(state.rng, state.step)
   z_key, drop_key, pen_key, label_key = jax.random.split(key, 4)
-  # Dropout masks and penalty draws (interpolation weights, perturbations)
-  # are per device: each device draws for its own rows, with its own key.
-  drop_key, pen_key = (jax.random.fold_in(k, jax.lax.axis_index(axis_name))
-                       for k in (drop_key, pen_key))
+  # Dropout masks, penalty draws (interpolation weights, perturbations) and
+  # augmentations are per device: each device draws for its own rows, with
+  # its own key. (Keys of the newer features are folded in, so the older
+  # draws stay what they were.)
+  aug_key = jax.random.fold_in(key, 11)
+  drop_key, pen_key, aug_key = (jax.random.fold_in(k, jax.lax.axis_index(axis_name))
+                                for k in (drop_key, pen_key, aug_key))
   latents = lambda i: _local_rows(jax.random.fold_in(z_key, i),
                                   lambda k, n: sample_latents(k, n, c), b, axis_name)
+  real_labels = fake_labels = lambda i: None
+  if c.conditional:
+    real_labels = lambda i: labels.reshape(c.d_steps, b)[i]
+    fake_labels = lambda i: _local_rows(jax.random.fold_in(jax.random.fold_in(key, 7), i),
+                                        lambda k, n: sample_labels(k, n, c), b, axis_name)
+  ada_p = state.aux[ADA_KEY]["p"] if c.ada_target else c.augment_p
+
+  def augmented(x, key):
+    """What D sees of images x: x, or x with the DiffAugment policy."""
+    if not c.augment:
+      return x
+    return augment_lib.augment(x, key, c.augment, ada_p, c.pixel_range)
   # Replicated params are "invariant" to shard_map; gradients taken w.r.t.
   # invariant values come back already summed over devices. Marking them
   # per-device ("varying") gives per-device gradients, averaged by pmean below.
@@ -55,15 +76,23 @@ def train_step(state: GANState, batch: jax.Array, *, c: Components,
   local = lambda tree: tree if single else jax.lax.pcast(tree, axis_name, to="varying")
   pmean = lambda tree: tree if single else jax.lax.pmean(tree, axis_name)
 
-  def generate(g_params, g_stats, z):
-    fake, upd = c.g.apply({"params": g_params, "batch_stats": g_stats}, z,
+  def generate(g_params, g_stats, z, y):
+    args = (z,) if y is None else (z, y)
+    fake, upd = c.g.apply({"params": g_params, "batch_stats": g_stats}, *args,
                           train=True, mutable=["batch_stats"])
     return fake, upd.get("batch_stats", {})
 
-  def discriminate(d_params, d_stats, x, key):
-    logits, upd = c.d.apply({"params": d_params, "batch_stats": d_stats}, x, train=True,
-                            mutable=["batch_stats"], rngs={"dropout": key})
-    return logits, upd.get("batch_stats", {})
+  def discriminate_all(d_params, d_stats, x, y, key):
+    """(logits, class logits or None, new statistics) of D on x (labels y)."""
+    args = (x,) if y is None else (x, y)
+    out, upd = c.d.apply({"params": d_params, "batch_stats": d_stats}, *args, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": key})
+    logits, class_logits = out if isinstance(out, tuple) else (out, None)
+    return logits, class_logits, upd.get("batch_stats", {})
+
+  def discriminate(d_params, d_stats, x, key, y=None):
+    logits, _, stats = discriminate_all(d_params, d_stats, x, y, key)
+    return logits, stats
 
   def loss_terms(real_logits, fake_logits, real_target):
     kwargs = {"real_target": real_target} if c.smooth_labels else {}
@@ -83,25 +112,34 @@ def train_step(state: GANState, batch: jax.Array, *, c: Components,
       loss = loss + weight * value
     return loss, terms, aux
 
-  def d_update(d, real, fake, i):
-    """One D update on (real, fake); `d` = (params, opt_state, batch_stats,
-    penalty states)."""
+  def d_update(d, real, fake, fake_y, i):
+    """One D update on (real, fake) (fakes of labels `fake_y`); `d` =
+    (params, opt_state, batch_stats, penalty states)."""
     d_params, d_opt_state, d_stats, aux = d
     k = lambda j: jax.random.fold_in(drop_key, 4 * i + j)
     real_target = c.real_label + c.real_label_noise * _local_rows(
         jax.random.fold_in(label_key, i), lambda key, n: jax.random.uniform(key, (n,)),
         b, axis_name)
 
+    y = real_labels(i)
+    real = augmented(real, jax.random.fold_in(aug_key, 3 * i))
+    fake = augmented(fake, jax.random.fold_in(aug_key, 3 * i + 1))
+
     def objective(d_params):
-      real_logits, stats = discriminate(d_params, d_stats, real, k(0))
-      fake_logits, stats = discriminate(d_params, stats, fake, k(1))
+      real_logits, real_classes, stats = discriminate_all(d_params, d_stats, real, y, k(0))
+      fake_logits, stats = discriminate(d_params, stats, fake, k(1), fake_y)
       loss = loss_terms(real_logits, fake_logits, real_target)[0]
-      # The critic seen by the penalties: train mode, statistics updates dropped.
-      critic = lambda x: discriminate(d_params, stats, x, k(2))[0]
+      # The critic seen by the penalties: train mode, statistics updates
+      # dropped, conditioned on the real labels.
+      critic = lambda x: discriminate(d_params, stats, x, k(2), y)[0]
       total, terms, new_aux = with_penalties(
           "d", loss, critic, real, fake, (real_logits, fake_logits), aux,
           jax.random.fold_in(pen_key, i))
-      return total, (stats, real_logits, fake_logits, {"d_adv_loss": loss, **terms}, new_aux)
+      terms = {"d_adv_loss": loss, **terms}
+      if real_classes is not None:   # ACGAN: D classifies the reals
+        terms["d_class_loss"] = _class_loss(real_classes, y)
+        total = total + c.class_loss_weight * terms["d_class_loss"]
+      return total, (stats, real_logits, fake_logits, terms, new_aux)
 
     (loss, (stats, real_logits, fake_logits, terms, aux)), grads = jax.value_and_grad(
         objective, has_aux=True)(local(d_params))
@@ -124,8 +162,8 @@ def train_step(state: GANState, batch: jax.Array, *, c: Components,
     # Unrolled: a rolled loop over a GAN update is ~45x slower on XLA:CPU.
     def critic_step(carry, i):
       d, g_stats = carry
-      fake, g_stats = generate(state.g_params, g_stats, latents(i))
-      d, _, _ = d_update(d, reals[i], fake, i)
+      fake, g_stats = generate(state.g_params, g_stats, latents(i), fake_labels(i))
+      d, _, _ = d_update(d, reals[i], fake, fake_labels(i), i)
       return (d, g_stats), None
     (d, g_stats), _ = jax.lax.scan(critic_step, (d, g_stats), jnp.arange(c.d_steps - 1),
                                    unroll=True)
@@ -133,22 +171,31 @@ def train_step(state: GANState, batch: jax.Array, *, c: Components,
   # DCGAN does): D sees it without gradient, G backpropagates through the
   # saved VJP.
   last = c.d_steps - 1
-  fake, g_vjp, g_stats = jax.vjp(lambda p: generate(p, g_stats, latents(last)),
+  fake_y = fake_labels(last)
+  fake, g_vjp, g_stats = jax.vjp(lambda p: generate(p, g_stats, latents(last), fake_y),
                                  local(state.g_params), has_aux=True)
   (d_params, d_opt_state, d_stats, aux), metrics, real_logits = d_update(
-      d, reals[last], jax.lax.stop_gradient(fake), last)
+      d, reals[last], jax.lax.stop_gradient(fake), fake_y, last)
   real_logits = jax.lax.stop_gradient(real_logits)
 
   def g_objective(fake):
-    logits, stats = discriminate(d_params, d_stats, fake, jax.random.fold_in(drop_key, 4 * last + 3))
+    # G's gradient flows through the augmentation (DiffAugment's point).
+    fake = augmented(fake, jax.random.fold_in(aug_key, 3 * last + 2))
+    logits, classes, stats = discriminate_all(d_params, d_stats, fake, fake_y,
+                                              jax.random.fold_in(drop_key, 4 * last + 3))
     g_loss = loss_terms(real_logits, logits, c.real_label)[1]
-    if not c.penalties_on("g"):
-      return g_loss, (stats, {}, aux)
-    critic = lambda x: discriminate(d_params, stats, x, jax.random.fold_in(drop_key, 4 * c.d_steps))[0]
-    total, terms, new_aux = with_penalties("g", g_loss, critic, reals[last], fake,
-                                           (real_logits, logits), aux,
-                                           jax.random.fold_in(pen_key, c.d_steps))
-    return total, (stats, {"g_adv_loss": g_loss, **terms}, new_aux)
+    total, terms, new_aux = g_loss, {}, aux
+    if c.penalties_on("g"):
+      critic = lambda x: discriminate(d_params, stats, x,
+                                      jax.random.fold_in(drop_key, 4 * c.d_steps), fake_y)[0]
+      total, terms, new_aux = with_penalties("g", g_loss, critic, reals[last], fake,
+                                             (real_logits, logits), aux,
+                                             jax.random.fold_in(pen_key, c.d_steps))
+      terms = {"g_adv_loss": g_loss, **terms}
+    if classes is not None:   # ACGAN: G makes fakes D classifies as their labels
+      terms = {"g_adv_loss": g_loss, **terms, "g_class_loss": _class_loss(classes, fake_y)}
+      total = total + c.class_loss_weight * terms["g_class_loss"]
+    return total, (stats, terms, new_aux)
   (g_loss, (d_stats, g_terms, aux)), fake_grad = jax.value_and_grad(
       g_objective, has_aux=True)(fake)
   (g_grads,) = g_vjp(fake_grad)
@@ -160,6 +207,13 @@ def train_step(state: GANState, batch: jax.Array, *, c: Components,
   g_ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                               state.g_ema_params, g_params)
 
+  if c.ada_target:
+    # ADA: r_t = E[sign(D(real))] over the global batch of the last D update.
+    r_t = pmean(jnp.mean(jnp.sign(real_logits)))
+    aux = {**aux, ADA_KEY: {"p": augment_lib.adjust_probability(
+        ada_p, r_t, target=c.ada_target, batch=b * jax.lax.psum(1, axis_name),
+        speed_images=c.ada_images)}}
+    metrics = {**metrics, "augment_p": ada_p, "ada_r_t": r_t}
   grad_norms = {"d_grad_norm": metrics.pop("d_grad_norm"), "g_grad_norm": optax.global_norm(g_grads)}
   metrics = {**pmean({**metrics, **g_terms, "g_loss": g_loss}), **grad_norms}
   # Synchronised BatchNorm already made the statistics equal on every device
@@ -181,18 +235,19 @@ def make_train_step(c: Components, mesh: jax.sharding.Mesh):
   return jax.jit(step, donate_argnums=0)
 
 
-def train_steps(state: GANState, inputs: jax.Array, images: jax.Array | None = None, *,
+def train_steps(state: GANState, inputs, images=None, *,
                 c: Components, pixel_range=(-1.0, 1.0),
                 axis_name: str = AXIS) -> tuple[GANState, dict[str, jax.Array]]:
   """k = inputs.shape[0] consecutive `train_step`s in one program; metrics
   come back stacked (k,). `inputs` holds the k step batches, or, with the
-  on-device `images`, the k steps' example indices into them."""
+  on-device `images`, the k steps' example indices into them (with labels:
+  (images, labels) pairs, on device too)."""
   def one(state, x):
     if images is not None:
       x = data.gather_batch(images, x, pixel_range)
     return train_step(state, x, c=c, axis_name=axis_name)
-  if inputs.shape[0] == 1:  # no scan at all: XLA:CPU runs the plain step faster
-    state, metrics = one(state, inputs[0])
+  if jax.tree.leaves(inputs)[0].shape[0] == 1:  # no scan: XLA:CPU runs the plain step faster
+    state, metrics = one(state, jax.tree.map(lambda a: a[0], inputs))
     return state, jax.tree.map(lambda m: m[None], metrics)
   # Unrolled: a rolled loop over a GAN step is ~45x slower on XLA:CPU.
   return jax.lax.scan(one, state, inputs, unroll=True)

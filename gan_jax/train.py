@@ -20,8 +20,9 @@ from absl import logging
 from tqdm import tqdm
 
 from gan_jax import checkpointing, configure, outputs, sweep, workdir as workdir_lib
-from gan_jax.components import (build_components, evaluate_state, fixed_latents,
-                                generator_variables, init_state, make_generate, sample_latents)
+from gan_jax.components import (build_components, eval_labels, evaluate_state,
+                                generator_variables, grid_inputs, init_state, make_generate,
+                                sample_latents)
 from gan_jax.data import pipeline
 from gan_jax.errors import ConfigError
 from gan_jax.mesh import make_mesh, replicate
@@ -82,7 +83,10 @@ def _train(config, workdir: str, lock: workdir_lib.WorkdirLock,
   sources = {}
   for seed in dict.fromkeys(m.config.seed for m in members):
     sources[seed] = pipeline.TrainData(config.data, config.batch_size, seed, mesh,
-                                       image_shape=c.image_shape, batches_per_step=c.d_steps)
+                                       image_shape=c.image_shape, batches_per_step=c.d_steps,
+                                       num_classes=c.num_classes)
+  if c.conditional:   # config.json records the classes
+    configure.record_class_names(config, members)
   source = sources[config.seed]
   lock.acquire()   # (creating the work directory)
   evaluator = _make_evaluator(config, c, mesh)
@@ -103,7 +107,8 @@ def _train(config, workdir: str, lock: workdir_lib.WorkdirLock,
               make_train_steps(c, mesh, config.data.pixel_range, config.data.on_device))
   act = _Actions(runs, config, swept, make_generate(c), evaluator, eval_latents=(
       sample_latents(jax.random.PRNGKey(config.eval.seed), config.eval.num_samples, c)
-      if evaluator else None), z_grid=fixed_latents(config, c, config.num_grid_samples),
+      if evaluator else None), eval_labels=eval_labels(config.eval.num_samples, c),
+                 grid=grid_inputs(config, c, config.num_grid_samples),
                  rows_per_step=config.batch_size * c.d_steps,
                  steps_per_epoch=source.steps_per_epoch, step_last=start,
                  saved_step=start or None)
@@ -210,7 +215,8 @@ class _Actions:
   generate: object     # jitted (state, z) -> images
   evaluator: object    # gan_jax.evaluation.Evaluator, or None
   eval_latents: jax.Array | None
-  z_grid: jax.Array
+  eval_labels: np.ndarray | None   # a conditional G's classes for the eval latents
+  grid: tuple   # (latents, labels or None, row length or None) of the sample grids
   rows_per_step: int
   steps_per_epoch: int
   step_last: int       # the step of the last log line (or the start)
@@ -220,8 +226,8 @@ class _Actions:
     for run in self.runs:   # after the restore dropped newer rows; closed with the run
       run.writer = outputs.MetricWriter(run.workdir)
     self.t_last = time.perf_counter()
-    self.grids = (jax.jit(jax.vmap(self.generate, in_axes=(0, None))) if self.swept
-                  else lambda s, z: self.generate(s, z)[None])
+    self.grids = (jax.jit(jax.vmap(self.generate, in_axes=(0, None, None))) if self.swept
+                  else lambda s, z, y: self.generate(s, z, y)[None])
 
   def at(self, state, i: int):
     """Run i's state."""
@@ -259,14 +265,16 @@ class _Actions:
     return {"d_loss": f"{rows[0]['d_loss']:.3f}", "g_loss": f"{rows[0]['g_loss']:.3f}"}
 
   def samples(self, state, done: int) -> None:
-    for run, grid in zip(self.runs, np.asarray(self.grids(state, self.z_grid))):
+    z, labels, cols = self.grid
+    for run, grid in zip(self.runs, np.asarray(self.grids(state, z, labels))):
       outputs.save_image_grid(grid, run.path("samples", f"step_{done:07d}.png"),
-                              tuple(self.config.data.pixel_range))
+                              tuple(self.config.data.pixel_range), cols=cols)
 
   def evaluate(self, state, done: int) -> None:
     for i, run in enumerate(self.runs):
       member_state = self.at(state, i)
-      report = evaluate_state(self.evaluator, self.generate, member_state, self.eval_latents)
+      report = evaluate_state(self.evaluator, self.generate, member_state, self.eval_latents,
+                              self.eval_labels)
       outputs.write_report(run.path("eval", f"step_{done:07d}.json"), report)
       run.writer.write(done, {f"eval/{k}": v for k, v in report["scores"].items()})
       if run.best is not None:

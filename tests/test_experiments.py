@@ -36,10 +36,15 @@ def _shrunk(path):
 def test_every_experiment_is_covered():
   names = {os.path.basename(p)[:-3] for p in EXPERIMENTS}
   assert names >= {"dcgan_fashion_mnist", "fc_gan_mnist", "dcgan_celeba", "dcgan_color64",
-                   "lsgan_cifar10", "wgan_fashion_mnist", "wgan_gp_fashion_mnist"}
+                   "lsgan_cifar10", "wgan_fashion_mnist", "wgan_gp_fashion_mnist",
+                   "cgan_fashion_mnist", "sngan_cifar10", "sngan_fashion_mnist",
+                   "sngan_projection_cifar10"}
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p)[:-3])
+# The ResNet experiments (5 critic steps of a deep network) compile for a
+# minute or more each: they run in the slow suite (CI runs both).
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if "sngan" in p else p
+                                  for p in EXPERIMENTS], ids=lambda p: os.path.basename(p)[:-3])
 def test_experiment_trains_two_steps(path, tmp_path):
   doc = open(path).read()
   assert f"--config experiments/{os.path.basename(path)}" in doc  # the run command
@@ -59,10 +64,11 @@ def test_experiment_trains_two_steps(path, tmp_path):
   # The exported generator loads back into a fresh G and draws images.
   c = components.build_components(cfg)
   z = components.sample_latents(jax.random.PRNGKey(0), 3, c)
-  template = c.g.init(jax.random.PRNGKey(1), z, train=False)
+  labels = (components.sample_labels(jax.random.PRNGKey(2), 3, c),) if c.conditional else ()
+  template = c.g.init(jax.random.PRNGKey(1), z, *labels, train=False)
   with open(tmp_path / "w" / "generator" / "final.msgpack", "rb") as f:
     variables = flax.serialization.from_bytes(template, f.read())
-  images = c.g.apply(variables, z, train=False)
+  images = c.g.apply(variables, z, *labels, train=False)
   chex.assert_shape(images, (3, *c.image_shape))
   lo, hi = cfg.data.pixel_range
   assert lo - 1e-6 <= float(images.min()) and float(images.max()) <= hi + 1e-6

@@ -176,7 +176,8 @@ def test_model_kwargs_fills_the_defaults():
   from gan_jax.config import base_config
   assert models.model_kwargs(small_config().model) == {
       "g_features": 32, "d_features": 16, "g_norm": "batch", "d_norm": "batch",
-      "d_spectral_norm": False, "upsample": "phase"}
+      "d_spectral_norm": False, "upsample": "phase", "g_cond": "bn", "d_head": "projection",
+      "g_embed_dim": 50}
   mc = base_config().model
   mc.name = "mlp"
   assert models.model_kwargs(mc) == {"g_hidden": (1024, 2048), "d_hidden": (512,),

@@ -16,7 +16,10 @@ def test_eight_devices_equal_one_device():
   for a WGAN with an R1 penalty, 3 critic steps (each on its own batch) and an EMA, for
   LeCam (state kept equal on every device) with a lazy R1 and 2 critic steps, and
   for bfloat16 matmuls with 3 steps fused and batches gathered on device; and
-  every evaluation score with feature batches split over 8 devices vs 1."""
+  for a class-conditional DCGAN (conditional BN, projection + ACGAN heads),
+  from host batches and fused from (images, labels) on device; every
+  evaluation score with feature batches split over 8 devices vs 1; and
+  DiffAugment's draws (per device) matching one device's in distribution."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
@@ -25,7 +28,16 @@ def test_eight_devices_equal_one_device():
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   out = json.loads(line[len("RESULT "):])
-  assert set(out) == {"dcgan", "wgan_r1", "lecam_lazy_r1", "bf16_fused_on_device", "eval"}
+  assert set(out) == {"dcgan", "wgan_r1", "lecam_lazy_r1", "bf16_fused_on_device",
+                      "conditional", "conditional_fused_on_device", "eval", "augment"}
+  # DiffAugment: each device draws its own augmentations (not the 1-device
+  # numbers), so 8 devices match 1 in distribution: over 4096 images at p =
+  # 0.5, the fraction changed (std ~0.008) and the mean pixel agree.
+  aug = out.pop("augment")
+  for policy, (frac1, mean1) in aug["n1"].items():
+    frac8, mean8 = aug["n8"][policy]
+    assert abs(frac1 - 0.5) < 0.05 and abs(frac8 - frac1) < 0.04, (policy, frac8, frac1)
+    assert abs(mean8 - mean1) < 0.02, (policy, mean8, mean1)
   # Evaluation: feature batches split over 8 devices give the same scores.
   ev = out.pop("eval")
   assert set(ev["n8"]) == {"fd", "kid", "kid_std", "is", "is_std", "is_single", "precision",

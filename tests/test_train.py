@@ -102,7 +102,8 @@ def test_a_work_directory_from_before_model_kwargs_and_penalty_state_resumes(tmp
   old = configure.load(str(tmp_path / "config.json"), {"num_steps": "4"})
   assert dict(old.model.kwargs) == {"g_features": 32, "d_features": 16, "g_norm": "batch",
                                     "d_norm": "batch", "d_spectral_norm": False,
-                                    "upsample": "phase"}
+                                    "upsample": "phase", "g_cond": "bn",
+                                    "d_head": "projection", "g_embed_dim": 50}
   assert cli.main(["sample", "--workdir", str(tmp_path), "--num", "4"]) == 0
   resumed = _train(old, tmp_path)
   assert int(resumed.step) == 4 and resumed.aux == {}

@@ -10,6 +10,11 @@ A data source (`data.source`, a name in `SOURCES`) is
   * a `(tf.data.Dataset of uint8 (H, W, C) images, size or None)` pair, as the
     built-in 'tfds' and 'folder' sources do (`gan_jax.data.sources`).
 
+Labels (class-conditional experiments, `model.num_classes > 0`): the source
+is called with `labels=True` and returns `(images, labels)` numpy arrays
+(labels integers (N,)), or a `(tf.data.Dataset of (image, label) pairs,
+size or None)` pair. A source that takes no `labels` argument has none.
+
 This module never imports TensorFlow or TFDS: they are imported on first use
 by a tf.data source (`gan_jax.data._tf`), so a machine with JAX alone can
 train on an in-memory source. `pipeline.TrainData` turns a source into
@@ -19,6 +24,7 @@ TF-free parts it and the trainer share.
 from __future__ import annotations
 
 import collections
+import inspect
 from typing import Any, Callable, Iterator
 
 import jax
@@ -49,60 +55,112 @@ def describe(data_config: Any) -> str:
   return f"data.source '{source}'" + (f" (split '{split}')" if split else "")
 
 
-def source_images(data_config: Any, image_shape) -> np.ndarray | tuple[Any, int | None]:
+def _labelled(out: Any) -> bool:
+  return isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], np.ndarray)
+
+
+def _check_array(images: np.ndarray, data_config: Any, image_shape) -> None:
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise DataError(f"{describe(data_config)} gave a {images.dtype} array of shape "
+                    f"{images.shape}; a source's images are uint8 (N, H, W, C)")
+  if images.shape[1:] != image_shape:
+    raise DataError(f"{describe(data_config)} has images of shape {images.shape[1:]}, but "
+                    f"the model takes {image_shape} (model.image_size, model.channels)")
+
+
+def check_labels(labels: np.ndarray, num_images: int, data_config: Any,
+                 num_classes: int = 0) -> np.ndarray:
+  """A source's labels as int32 (N,), one per image, in [0, num_classes)
+  (when num_classes is given)."""
+  labels = np.asarray(labels)
+  if labels.shape != (num_images,) or not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f"{describe(data_config)} gave labels of dtype {labels.dtype} and shape "
+                    f"{labels.shape} for {num_images} images; labels are integers (N,)")
+  if num_classes and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    raise DataError(f"{describe(data_config)} has labels in [{labels.min()}, {labels.max()}], "
+                    f"outside the model's {num_classes} classes (model.num_classes)")
+  return labels.astype(np.int32)
+
+
+def source_images(data_config: Any, image_shape, labels: bool = False) -> Any:
   """What the configured source gives: a checked uint8 (N, H, W, C) array, or
-  a (tf.data.Dataset, size or None) pair (the source checks its own shapes)."""
+  a (tf.data.Dataset, size or None) pair (the source checks its own shapes);
+  with `labels`, an (images, int32 labels) pair of arrays or a pair whose
+  dataset yields (image, label). A source without labels is a DataError."""
   image_shape = tuple(image_shape)
   fn = SOURCES.lookup(data_config.source, "data.source")
-  out = fn(data_config, image_shape)
-  if isinstance(out, np.ndarray):
-    if out.dtype != np.uint8 or out.ndim != 4:
-      raise DataError(f"{describe(data_config)} gave a {out.dtype} array of shape "
-                      f"{out.shape}; a source's images are uint8 (N, H, W, C)")
-    if out.shape[1:] != image_shape:
-      raise DataError(f"{describe(data_config)} has images of shape {out.shape[1:]}, but "
-                      f"the model takes {image_shape} (model.image_size, model.channels)")
-    return out
-  if isinstance(out, tuple) and len(out) == 2:
-    return out
-  raise DataError(f"{describe(data_config)} returned a {type(out).__name__}; a source "
-                  f"returns a uint8 numpy array (N, H, W, C) or a (tf.data.Dataset, "
-                  f"size or None) pair")
-
-
-def load_images(data_config: Any, image_shape, limit: int = 0, key: str = "") -> np.ndarray:
-  """The first `limit` (0: all) uint8 images of the configured source and
-  split, in source order. DataError where it has fewer than `limit` (set by
-  the config key `key`, named in the message)."""
-  images = source_images(data_config, image_shape)
-  if isinstance(images, np.ndarray):
-    images = images[:limit] if limit else images
+  if labels:
+    params = inspect.signature(fn).parameters
+    if "labels" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+      raise DataError(f"{describe(data_config)} has no labels (data.source "
+                      f"{data_config.source!r} takes no `labels` argument), but the model "
+                      f"is class-conditional (model.num_classes > 0)")
+    out = fn(data_config, image_shape, labels=True)
   else:
-    ds, _ = images
+    out = fn(data_config, image_shape)
+  if isinstance(out, np.ndarray) and not labels:
+    _check_array(out, data_config, image_shape)
+    return out
+  if labels and _labelled(out):
+    _check_array(out[0], data_config, image_shape)
+    return out[0], check_labels(out[1], len(out[0]), data_config)
+  if isinstance(out, tuple) and len(out) == 2 and not isinstance(out[0], np.ndarray):
+    return out
+  want = ("an (images, labels) pair of numpy arrays or a (tf.data.Dataset of (image, label), "
+          "size or None) pair" if labels else "a uint8 numpy array (N, H, W, C) or a "
+          "(tf.data.Dataset, size or None) pair")
+  raise DataError(f"{describe(data_config)} returned a {type(out).__name__}; a source "
+                  f"returns {want}")
+
+
+def load_images(data_config: Any, image_shape, limit: int = 0, key: str = "",
+                labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+  """The first `limit` (0: all) uint8 images of the configured source and
+  split, in source order (with `labels`: and their int32 labels). DataError
+  where it has fewer than `limit` (set by the config key `key`, named in the
+  message)."""
+  out = source_images(data_config, image_shape, labels)
+  if isinstance(out, np.ndarray) or _labelled(out):
+    out = jax.tree.map(lambda a: a[:limit] if limit else a, out)
+  else:
+    ds, _ = out
     if limit:
       ds = ds.take(limit)
     parts = list(ds.batch(4096).as_numpy_iterator())
-    images = (np.concatenate(parts) if parts
-              else np.zeros((0, *tuple(image_shape)), np.uint8))
-  if limit and len(images) < limit:
-    raise DataError(f"{describe(data_config)} has {len(images)} images, fewer than the "
+    empty = np.zeros((0, *tuple(image_shape)), np.uint8)
+    if labels:
+      out = ((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+             if parts else (empty, np.zeros((0,), np.int32)))
+      out = (out[0], check_labels(out[1], len(out[0]), data_config))
+    else:
+      out = np.concatenate(parts) if parts else empty
+  n = len(out[0] if labels else out)
+  if limit and n < limit:
+    raise DataError(f"{describe(data_config)} has {n} images, fewer than the "
                     f"{limit} asked for" + (f" ({key}={limit})" if key else ""))
-  return images
+  return out
 
 
-def gather_batch(images: jax.Array, indices: jax.Array, pixel_range) -> jax.Array:
-  """`normalise(images[indices])` on device (the on-device data mode)."""
+def gather_batch(images, indices: jax.Array, pixel_range):
+  """`normalise(images[indices])` on device (the on-device data mode); with
+  labels (`images` an (images, labels) pair), the pair, gathered by the same
+  indices."""
+  if isinstance(images, tuple):
+    return (gather_batch(images[0], indices, pixel_range),
+            jnp.take(images[1], indices, axis=0))
   lo, hi = (float(v) for v in pixel_range)
   x = jnp.take(images, indices, axis=0).astype(jnp.float32)
   return x * np.float32((hi - lo) / 255.0) + np.float32(lo)
 
 
-def shard_batch(batch: np.ndarray, mesh: jax.sharding.Mesh, spec=P(AXIS),
-                rows: int | None = None) -> jax.Array:
+def shard_batch(batch, mesh: jax.sharding.Mesh, spec=P(AXIS),
+                rows: int | None = None):
   """A host batch -> one global array split over the mesh's `data` axis (for
   a stack of step batches, spec P(None, 'data')). `batch` holds this
   process's rows (`process_rows`) of a global batch of `rows` rows; on one
-  process, the whole batch."""
+  process, the whole batch. An (images, labels) pair is sharded alike."""
+  if isinstance(batch, tuple):
+    return tuple(shard_batch(b, mesh, spec, rows) for b in batch)
   shape = None
   if rows is not None:
     axis = tuple(spec).index(AXIS)

@@ -93,12 +93,39 @@ def _list_files(folder: str) -> tuple[list[str], list[str]]:
   return sorted(images), sorted(others)
 
 
-def load_image_folder(folder: str, size: int, channels: int,
-                      crop: int = 0) -> tuple[tf.data.Dataset, int]:
+def class_folders(folder: str) -> tuple[str, ...]:
+  """The class names of a labelled image folder: its first-level
+  subfolders, sorted (label i is the i-th); DataError where there are none."""
+  if not os.path.isdir(folder):
+    raise DataError(f"image folder {folder} does not exist or is not a directory")
+  names = tuple(sorted(d for d in os.listdir(folder)
+                       if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))))
+  if not names:
+    raise DataError(f"image folder {folder} has no class subfolders; a class-conditional "
+                    f"model (model.num_classes > 0) reads the classes from them "
+                    f"(FOLDER/CLASS/image.png)")
+  return names
+
+
+def _labels_of(folder: str, paths: list[str]) -> np.ndarray:
+  """Each file's class: the index of its first-level subfolder."""
+  index = {name: i for i, name in enumerate(class_folders(folder))}
+  outside = [p for p in paths if os.path.dirname(os.path.relpath(p, folder)) == ""]
+  if outside:
+    raise DataError(f"image folder {folder}: {len(outside)} image(s) are not in a class "
+                    f"subfolder (e.g. {os.path.basename(outside[0])}); a labelled folder "
+                    f"holds FOLDER/CLASS/image files only")
+  return np.asarray([index[os.path.relpath(p, folder).split(os.sep)[0]] for p in paths],
+                    np.int32)
+
+
+def load_image_folder(folder: str, size: int, channels: int, crop: int = 0,
+                      labels: bool = False) -> tuple[tf.data.Dataset, int]:
   """The readable images under `folder` and their count.
 
   The dataset yields uint8 (size, size, channels) images in sorted file order
-  (the caller shuffles). All files are decoded once here; every iteration,
+  (the caller shuffles); with `labels`, (image, class) pairs, the class the
+  index of the image's first-level subfolder (`class_folders`). All files are decoded once here; every iteration,
   this one included, reads them from memory, so later epochs neither re-decode
   nor see files that changed or vanished since.
   """
@@ -146,5 +173,8 @@ def load_image_folder(folder: str, size: int, channels: int,
                     "%d not images (supported: %s): %s%s", folder, num_images,
                     len(undecodable), len(not_images), supported, named, more)
 
+  if labels:
+    classes = tf.constant(_labels_of(folder, paths))
+    return pairs.map(lambda index, image: (image, tf.gather(classes, index))), num_images
   images = pairs.map(lambda _, image: image)
   return images, num_images

@@ -15,6 +15,12 @@ On-device mode (`data.on_device`, for datasets that fit in device memory):
 the whole split is put on every device once, as uint8, and the host sends
 only each step's example indices, in the same seeded epoch order; the
 compiled step gathers and normalises its batch itself (`gather_batch`).
+
+Labels (`labels=True`, class-conditional models): every batch is an
+(images, int32 labels) pair, the labels travelling with their images through
+the shuffle, the split over processes and devices, and the on-device gather.
+`data.num_examples` keeps only the first N examples of the split
+(limited-data experiments).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gan_jax.data import (_tf, describe, device_major, prefetch_to_device,
+from gan_jax.data import (_tf, check_labels, describe, device_major, prefetch_to_device,
                           process_rows, source_images)
 from gan_jax.errors import DataError
 from gan_jax.mesh import AXIS
@@ -69,15 +75,25 @@ class TrainData:
 
   def __init__(self, data_config: Any, global_batch: int, seed: int,
                mesh: jax.sharding.Mesh, image_shape: tuple[int, int, int],
-               batches_per_step: int = 1):
-    images = source_images(data_config, tuple(image_shape))
-    if isinstance(images, np.ndarray):
+               batches_per_step: int = 1, num_classes: int = 0):
+    self.labels = num_classes > 0
+    images = source_images(data_config, tuple(image_shape), self.labels)
+    limit = data_config.get("num_examples", 0)
+    if limit < 0:
+      raise DataError(f"data.num_examples must be >= 0 (0 = the whole split), got {limit}")
+    if isinstance(images, np.ndarray) or isinstance(images[0], np.ndarray):
+      images = jax.tree.map(lambda a: a[:limit] if limit else a, images)
+      if self.labels:
+        check_labels(images[1], len(images[0]), data_config, num_classes)
       self._array, self._images = images, None
-      self.num_examples = len(images)
+      self.num_examples = len(images[0] if self.labels else images)
     else:
       self._array, (self._images, size) = None, images
+      if limit:
+        self._images = self._images.take(limit)
+        size = None if size is None else min(size, limit)
       self.num_examples = size if size is not None else int(
-          self._images.reduce(0, lambda n, _: n + 1))
+          self._images.reduce(0, lambda n, *_: n + 1))
     self.step_batch = global_batch * batches_per_step
     self.steps_per_epoch = self.num_examples // self.step_batch
     if self.steps_per_epoch == 0:
@@ -115,7 +131,19 @@ class TrainData:
   @staticmethod
   def _take_rows(ds: tf.data.Dataset, rows: np.ndarray | None) -> tf.data.Dataset:
     tf = _tf.tf()
-    return ds if rows is None else ds.map(lambda x: tf.gather(x, rows))
+    return ds if rows is None else ds.map(
+        lambda *x: tuple(tf.gather(t, rows) for t in x) if len(x) > 1 else tf.gather(x[0], rows))
+
+  def _normalised(self, batch):
+    """A host batch's images normalised (labels as they are)."""
+    pixel_range = self.config.pixel_range
+    if self.labels:
+      return normalise_array(batch[0], pixel_range), batch[1]
+    return normalise_array(batch, pixel_range)
+
+  def _rows_of(self, positions: np.ndarray):
+    """The in-memory examples (with labels) at `positions`."""
+    return jax.tree.map(lambda a: a[positions], self._array)
 
   # -- in-memory sources.
 
@@ -134,11 +162,12 @@ class TrainData:
     (with `rows`, only those rows of each batch, in that order: only they
     are normalised). A tf.data.Dataset, or (in memory) an iterator of arrays."""
     if self.in_memory:
-      pixel_range = self.config.pixel_range
-      return (normalise_array(self._array[b], pixel_range) for b in self._order(epoch, rows))
+      return (self._normalised(self._rows_of(b)) for b in self._order(epoch, rows))
     tf = _tf.tf()
+    pixel_range = self.config.pixel_range
     ds = self._take_rows(self._shuffle(self._images, epoch), rows).map(
-        lambda x: normalise(x, self.config.pixel_range), num_parallel_calls=tf.data.AUTOTUNE)
+        (lambda x, y: (normalise(x, pixel_range), y)) if self.labels else
+        (lambda x: normalise(x, pixel_range)), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
   def epoch_indices(self, epoch: int, rows: np.ndarray | None = None) -> Iterable:
@@ -152,8 +181,7 @@ class TrainData:
   def _host_epoch(self, epoch: int, skip: int, indices: bool) -> Iterator[np.ndarray]:
     if self.in_memory:
       for batch in self._order(epoch, self._rows)[skip:]:
-        yield (batch.astype(np.int32) if indices
-               else normalise_array(self._array[batch], self.config.pixel_range))
+        yield batch.astype(np.int32) if indices else self._normalised(self._rows_of(batch))
       return
     ds = (self.epoch_indices(epoch, self._rows) if indices
           else self.epoch(epoch, self._rows))
@@ -180,13 +208,16 @@ class TrainData:
     process stacks its own rows)."""
     return member_chunks([self], start_step, sizes, indices, member_axis=False)
 
-  def device_images(self) -> jax.Array:
+  def device_images(self):
     """The whole split as one uint8 array in source order, on every device
-    (every process puts the same copy on its own devices)."""
+    (every process puts the same copy on its own devices); with labels, the
+    (images, int32 labels) pair."""
     if self.in_memory:
       images = self._array
     else:
-      images = np.concatenate(list(self._images.batch(4096).as_numpy_iterator()))
+      parts = list(self._images.batch(4096).as_numpy_iterator())
+      images = (tuple(np.concatenate([p[i] for p in parts]) for i in range(2)) if self.labels
+                else np.concatenate(parts))
     return jax.device_put(images, NamedSharding(self.mesh, P()))
 
 
@@ -199,8 +230,9 @@ def member_chunks(sources: list[TrainData], start_step: int, sizes: Iterator[int
   unique = list(dict.fromkeys(sources))
   def stacked():
     rows = [s.host_batches(start_step, indices) for s in unique]
+    stack = lambda parts: jax.tree.map(lambda *a: np.stack(a), *parts)
     for k in sizes:
-      chunk = dict(zip(unique, (np.stack([next(r) for _ in range(k)]) for r in rows)))
-      yield np.stack([chunk[s] for s in sources]) if member_axis else chunk[sources[0]]
+      chunk = dict(zip(unique, (stack([next(r) for _ in range(k)]) for r in rows)))
+      yield stack([chunk[s] for s in sources]) if member_axis else chunk[sources[0]]
   spec = P(None, None, AXIS) if member_axis else P(None, AXIS)
   return prefetch_to_device(stacked(), sources[0].mesh, spec=spec, rows=sources[0].step_batch)

@@ -80,19 +80,35 @@ def _split_size(builder, split: str) -> int | None:
                     f"splits: {sorted(splits)}") from e
 
 
+def _label_feature(builder, data_config: Any):
+  features = builder.info.features
+  feature = features["label"] if "label" in features.keys() else None
+  if feature is None or not hasattr(feature, "num_classes"):
+    raise DataError(f"dataset '{data_config.name}' has no class-label feature 'label' "
+                    f"(features: {sorted(builder.info.features.keys())}), but the model is "
+                    f"class-conditional (model.num_classes > 0)")
+  return feature
+
+
 @register_source("tfds")
-def tfds_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int | None]:
-  """uint8 images of a TFDS split (and the split's size where TFDS records one)."""
+def tfds_images(data_config: Any, image_shape,
+                labels: bool = False) -> tuple[tf.data.Dataset, int | None]:
+  """uint8 images of a TFDS split (and the split's size where TFDS records
+  one); with `labels`, (image, label) pairs from its 'label' feature."""
   tf = _tf.tf()
   builder = prepared_builder(data_config)
+  if labels:
+    _label_feature(builder, data_config)
   shape = tuple(builder.info.features["image"].shape)
   size = _split_size(builder, data_config.split)
-  ds = builder.as_dataset(split=data_config.split, shuffle_files=False).map(
-      lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
+  ds = builder.as_dataset(split=data_config.split, shuffle_files=False)
+  ds = ds.map((lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))) if labels else
+              (lambda ex: ex["image"]), num_parallel_calls=tf.data.AUTOTUNE)
   resize = bool(data_config.image_size or data_config.crop)
   if resize:
     side = data_config.image_size or image_shape[0]
-    ds = ds.map(lambda x: image_folder.crop_and_resize(x, side, data_config.crop),
+    fit = lambda x: image_folder.crop_and_resize(x, side, data_config.crop)
+    ds = ds.map((lambda x, y: (fit(x), y)) if labels else fit,
                 num_parallel_calls=tf.data.AUTOTUNE)
     shape = (side, side, shape[-1])
   if shape != tuple(image_shape):
@@ -104,8 +120,10 @@ def tfds_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int | N
 
 
 @register_source("folder")
-def folder_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int]:
-  """uint8 images of an image folder, resized to data.image_size."""
+def folder_images(data_config: Any, image_shape,
+                  labels: bool = False) -> tuple[tf.data.Dataset, int]:
+  """uint8 images of an image folder, resized to data.image_size; with
+  `labels`, (image, class) pairs, the classes its first-level subfolders."""
   if not data_config.folder:
     raise DataError("data.source='folder' needs data.folder=PATH")
   side = data_config.image_size or image_shape[0]
@@ -114,4 +132,15 @@ def folder_images(data_config: Any, image_shape) -> tuple[tf.data.Dataset, int]:
                     f"(data.image_size), but the model takes {image_shape[0]}x{image_shape[1]} "
                     f"(model.image_size)")
   return image_folder.load_image_folder(data_config.folder, side, image_shape[2],
-                                        crop=data_config.crop)
+                                        crop=data_config.crop, labels=labels)
+
+
+def class_names(data_config: Any) -> tuple[str, ...] | None:
+  """The names of the data's classes, in label order, where the source
+  names them: a TFDS 'label' feature's names, an image folder's class
+  subfolders; None for other sources."""
+  if data_config.source == "tfds":
+    return tuple(_label_feature(prepared_builder(data_config), data_config).names)
+  if data_config.source == "folder":
+    return image_folder.class_folders(data_config.folder)
+  return None

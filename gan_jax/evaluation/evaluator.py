@@ -49,6 +49,13 @@ def validate_eval_config(config: ml_collections.ConfigDict, num_devices: int) ->
   if e.batch_size % num_devices:
     raise ConfigError(f"eval.batch_size {e.batch_size} is not divisible by the "
                       f"{num_devices} devices")
+  by_class = [n for n in names if "labels" in metrics.METRICS[n].needs]
+  if by_class and not config.model.num_classes:
+    raise ConfigError(f"eval.metrics {by_class} score a class-conditional generator; this "
+                      f"model is unconditional (model.num_classes=0)")
+  if "class_acc" in names and e.extractor == "inception":
+    raise ConfigError("eval.metrics 'class_acc' needs a classifier of the data's classes "
+                      "(eval.extractor='domain'), not Inception's ImageNet classes")
 
 
 # --- features -------------------------------------------------------------------
@@ -58,6 +65,8 @@ class FeatureSet:
   moments: stats.Moments
   features: np.ndarray | None   # (N, d) float32, kept when a metric needs "features"
   logits: np.ndarray | None     # (N, classes), kept when a metric needs "logits"
+  labels: np.ndarray | None = None   # (N,) int32 classes, when a metric needs "labels":
+                                     # the real images', the ones generated images were drawn for
 
   @property
   def n(self) -> int:
@@ -89,15 +98,17 @@ def extract(extractor: Extractor, batches, mesh, *, keep_features: bool,
                     np.concatenate(logits) if keep_logits else None)
 
 
-def real_images(data_config, split: str, image_shape, limit: int,
-                key: str = "") -> tuple[np.ndarray, str]:
+def real_images(data_config, split: str, image_shape, limit: int, key: str = "",
+                labels: bool = False) -> tuple[np.ndarray, np.ndarray | None, str]:
   """The first `limit` (0 = all) uint8 images of a split, in source order,
-  and the SHA-256 of their bytes."""
+  their labels (with `labels`; else None), and the SHA-256 of the images' bytes."""
   from gan_jax import data   # lazily: importing the evaluation needs no data pipeline
   cfg = ml_collections.ConfigDict(data_config.to_dict())
   cfg.split = split
-  images = data.load_images(cfg, tuple(image_shape), limit=limit, key=key)
-  return images, hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+  out = data.load_images(cfg, tuple(image_shape), limit=limit, key=key,
+                         **({"labels": True} if labels else {}))
+  images, classes = out if labels else (out, None)
+  return images, classes, hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
 
 
 def _uint8_batches(images: np.ndarray, batch: int):
@@ -153,8 +164,9 @@ class Evaluator:
     if "fd" in self.names:  # the guard rail, before any sampling
       stats.check_sample_count(self.e.num_samples, self.extractor.feature_dim,
                                "eval.num_samples", self.e.allow_few_samples)
-    images, content = real_images(config.data, self.e.split, image_shape, self.e.num_real,
-                                  "eval.num_real")
+    self.with_labels = "labels" in needs
+    images, labels, content = real_images(config.data, self.e.split, image_shape,
+                                          self.e.num_real, "eval.num_real", self.with_labels)
     if "fd" in self.names:
       stats.check_sample_count(len(images), self.extractor.feature_dim,
                                f"real images of split '{self.e.split}'",
@@ -165,18 +177,32 @@ class Evaluator:
         if config.data.source == "tfds" else config.data.folder,
         "split": self.e.split, "n_real": int(len(images)),
         "real_content_sha256": content, **self.extractor.info}
+    if "intra_fd" in self.names:   # every class needs its own covariance
+      counts = np.bincount(labels, minlength=config.model.num_classes)
+      for k, n in enumerate(counts):
+        stats.check_sample_count(int(n), self.extractor.feature_dim,
+                                 f"real images of class {k} in split '{self.e.split}' "
+                                 f"(intra_fd)", self.e.allow_few_samples)
     self.real = real_statistics(self.extractor, images, content, {
         k: self.protocol[k] for k in ("extractor", "weights_sha256", "resize", "dataset",
                                       "split", "n_real")}, mesh, self.e.batch_size,
         self.e.cache_dir)
+    self.real.labels = labels
 
-  def score_batches(self, batches, n_fake: int, source: str) -> dict[str, Any]:
-    """Scores of `batches` of images in [0, 1] (n_fake in all)."""
+  def score_batches(self, batches, n_fake: int, source: str,
+                    labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Scores of `batches` of images in [0, 1] (n_fake in all; `labels`:
+    their classes, for the metrics that need them)."""
     t0 = time.perf_counter()
     fake = extract(self.extractor, batches, self.mesh, keep_features=self.keep_features,
                    keep_logits=self.keep_logits)
     if fake.n != n_fake:
       raise ValueError(f"eval: expected {n_fake} images, got {fake.n}")
+    if self.with_labels:
+      if labels is None:
+        raise ConfigError(f"eval.metrics={self.e.metrics!r} needs the classes of the "
+                          f"generated images: a class-conditional generator")
+      fake.labels = np.asarray(labels, np.int32)
     result = metrics.compute_scores(self.real, fake, self.names, self.e)
     protocol = {**self.protocol, "n_fake": n_fake, "fake_source": source,
                 "metrics": list(self.names), "kid_subsets": self.e.kid_subsets,
@@ -185,21 +211,24 @@ class Evaluator:
     return {"scores": result, "protocol": protocol,
             "seconds": round(time.perf_counter() - t0, 3)}
 
-  def score_generator(self, generate: Callable[[jax.Array], jax.Array],
-                      latents: jax.Array) -> dict[str, Any]:
-    """Scores G's images for `latents` (G in inference mode via `generate`)."""
+  def score_generator(self, generate: Callable[..., jax.Array], latents: jax.Array,
+                      labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Scores G's images for `latents` (G in inference mode via `generate`;
+    a conditional G's `generate(z, labels)` with `labels`, one per latent)."""
     lo, hi = self.pixel_range
     b = self.e.batch_size
 
     def batches():
       for i in range(0, latents.shape[0], b):
-        x = generate(latents[i:i + b])
+        x = (generate(latents[i:i + b]) if labels is None
+             else generate(latents[i:i + b], jnp.asarray(labels[i:i + b])))
         yield jnp.clip((x - lo) / (hi - lo), 0.0, 1.0)
-    return self.score_batches(batches(), int(latents.shape[0]), "generator")
+    return self.score_batches(batches(), int(latents.shape[0]), "generator", labels)
 
   def score_split(self, split: str, num: int) -> dict[str, Any]:
     """Scores real images of another split against the reference split (the
     data's own baseline: near 0 for FD)."""
-    images, _ = real_images(self.data_config, split, self.image_shape, num, "eval.num_samples")
+    images, labels, _ = real_images(self.data_config, split, self.image_shape, num,
+                                    "eval.num_samples", self.with_labels)
     return self.score_batches(_uint8_batches(images, self.e.batch_size), len(images),
-                              f"split:{split}")
+                              f"split:{split}", labels)

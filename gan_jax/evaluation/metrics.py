@@ -12,12 +12,16 @@ scores. Register one (in gan_jax or in a module named in `config.imports`):
 `scores` maps each score name the function returns to True when higher is
 better (what `eval.best_metric` keeps); `needs` says what the evaluator
 keeps beyond the streamed moments: "features" (per-image features of both
-sides) and "logits" (the generated side's class logits).
+sides), "logits" (the generated side's class logits) and "labels" (the
+classes of both sides: the real images', and those a class-conditional G
+was asked for; such a metric needs model.num_classes > 0).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
 
 from gan_jax.errors import ConfigError
 from gan_jax.evaluation import stats
@@ -26,7 +30,7 @@ from gan_jax.registry import Registry
 if TYPE_CHECKING:
   from gan_jax.evaluation.evaluator import FeatureSet
 
-NEEDS = ("moments", "features", "logits")
+NEEDS = ("moments", "features", "logits", "labels")
 METRICS = Registry("metric")
 
 
@@ -142,3 +146,33 @@ def inception_score(real: FeatureSet, fake: FeatureSet, e: Any) -> dict[str, flo
 def precision_recall(real: FeatureSet, fake: FeatureSet, e: Any) -> dict[str, float]:
   precision, recall = stats.precision_recall(real.features, fake.features, k=e.pr_k)
   return {"precision": precision, "recall": recall}
+
+
+# --- class-conditional generation -------------------------------------------------
+
+@register("class_acc", scores={"class_accuracy": True}, needs=("logits", "labels"))
+def class_accuracy(real: FeatureSet, fake: FeatureSet, e: Any) -> dict[str, float]:
+  """The extractor's classifier (the domain classifier: trained on the same
+  classes) on conditional samples: the fraction it assigns to the class
+  each was drawn for."""
+  del real, e
+  classes = fake.logits.shape[1]
+  if fake.labels.max(initial=0) >= classes:
+    raise ConfigError(f"class_acc: labels up to {int(fake.labels.max())}, but the extractor "
+                      f"classifies {classes} classes (use eval.extractor='domain')")
+  return {"class_accuracy": float(np.mean(np.argmax(fake.logits, axis=1) == fake.labels))}
+
+
+@register("intra_fd", scores={"intra_fd": False}, needs=("features", "labels"))
+def intra_class_fd(real: FeatureSet, fake: FeatureSet, e: Any) -> dict[str, float]:
+  """The Fréchet distance between the real and the generated images of each
+  class, averaged over the classes of the generated images (intra-FID,
+  Miyato & Koyama 2018, with the inception extractor)."""
+  fds = []
+  for k in np.unique(fake.labels):
+    r, f = real.features[real.labels == k], fake.features[fake.labels == k]
+    for n, side in ((len(r), f"real images of class {k}"), (len(f), f"samples of class {k}")):
+      stats.check_sample_count(n, f.shape[1], side, e.allow_few_samples)
+    fds.append(stats.frechet_from_moments(stats.moments_of(r), stats.moments_of(f),
+                                          allow_few=e.allow_few_samples))
+  return {"intra_fd": float(np.mean(fds))}

@@ -39,9 +39,14 @@ from gan_jax.registry import Registry
 MODELS = Registry("model")
 
 
-def register(name: str) -> Callable:
-  """`@models.register("name")` over `fn(ctx, *, kwargs...) -> (generator, discriminator)`."""
-  return MODELS.register(name)
+def register(name: str, conditional: bool = False) -> Callable:
+  """`@models.register("name")` over `fn(ctx, *, kwargs...) -> (generator,
+  discriminator)`; `conditional=True` where the pair is class-conditional
+  when ctx.num_classes > 0 (see gan_jax.models.conditional)."""
+  def decorate(fn):
+    fn.conditional = conditional
+    return MODELS.register(name)(fn)
+  return decorate
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
@@ -52,6 +57,7 @@ class ModelContext(NamedTuple):
   latent_dim: int
   pixel_range: tuple[float, float] = (-1.0, 1.0)
   axis_name: str | None = None               # 'data' inside the data-parallel step
+  num_classes: int = 0                       # > 0: class-conditional (gan_jax.models.conditional)
 
 
 def image_shape(model_config: Any) -> tuple[int, int, int]:
@@ -139,11 +145,25 @@ def build_models(model_config: Any, pixel_range=(-1.0, 1.0),
   lowering = model_config.get("lowering", "auto")
   if lowering not in layers.LOWERINGS:
     raise ConfigError(f"model.lowering must be one of {layers.LOWERINGS}, got {lowering!r}")
+  num_classes = model_config.get("num_classes", 0)
+  if num_classes < 0:
+    raise ConfigError(f"model.num_classes must be >= 0 (0 = unconditional), got {num_classes}")
   ctx = ModelContext(image_shape(model_config), model_config["latent_dim"],
-                     tuple(float(v) for v in pixel_range), axis_name)
+                     tuple(float(v) for v in pixel_range), axis_name, num_classes)
   g, d = fn(ctx, **kwargs)
+  if num_classes:
+    for m in (g, d):
+      if "labels" not in inspect.signature(type(m).__call__).parameters:
+        raise ConfigError(f"model.num_classes={num_classes}: model {name!r}'s "
+                          f"{type(m).__name__} is not class-conditional (its __call__ takes "
+                          f"no labels); conditional models: {', '.join(conditional_models())}")
   return tuple(_with_precision(m, dtype, lowering, name, auto) for m in (g, d))
 
 
+def conditional_models() -> list[str]:
+  """The registered models that are class-conditional when model.num_classes > 0."""
+  return sorted(n for n, fn in MODELS.items() if getattr(fn, "conditional", False))
+
+
 # The built-in architectures register with `register` above.
-from gan_jax.models import dcgan, mlp  # noqa: E402,F401
+from gan_jax.models import dcgan, mlp, resnet  # noqa: E402,F401

@@ -23,6 +23,7 @@ import numpy as np
 
 from gan_jax import layers
 from gan_jax.errors import ConfigError
+from gan_jax.models import conditional
 
 # DCGAN (Radford et al. 2016): conv and dense weights ~ N(0, 0.02),
 # BatchNorm scale ~ N(1, 0.02), biases zero.
@@ -50,7 +51,14 @@ def check_choice(key: str, value: Any, valid: tuple) -> None:
     raise ConfigError(f"model.kwargs.{key} must be one of {valid}, got {value!r}")
 
 
-def normalise(x: jax.Array, kind: str, train: bool, axis_name: str | None) -> jax.Array:
+def normalise(x: jax.Array, kind: str, train: bool, axis_name: str | None,
+              labels: jax.Array | None = None, num_classes: int = 0,
+              embed_dim: int = 0) -> jax.Array:
+  """`kind` normalisation; BatchNorm is class-conditional where labels are
+  given (conditional.ConditionalBatchNorm with `embed_dim`)."""
+  if kind == "batch" and labels is not None:
+    return conditional.ConditionalBatchNorm(num_classes, axis_name, embed_dim=embed_dim)(
+        x, labels, train)
   if kind == "batch":
     return batch_norm(train, axis_name)(x)
   if kind == "layer":
@@ -113,14 +121,15 @@ def _dot(dtype, lowering="auto"):
 
 
 def _apply_conv(spec: Conv, x, *, train, axis_name, upsample="phase", spectral_norm=False,
-                dtype=None, lowering="auto"):
+                dtype=None, lowering="auto", labels=None, num_classes=0, embed_dim=0):
   use_bias = spec.norm == "none" if spec.bias is None else spec.bias
   cls = upsample_layer(upsample) if spec.transpose else layers.Conv
   kwargs = {"lowering": lowering} if cls in (layers.Conv, layers.ConvTranspose) else {}
   conv = cls(spec.features, (spec.kernel, spec.kernel), (spec.stride, spec.stride), "SAME",
              use_bias=use_bias, kernel_init=dcgan_init, dtype=dtype, **kwargs)
   x = _apply_layer(conv, x, train, spectral_norm)
-  x = activate(normalise(x, spec.norm, train, axis_name), spec.act, spec.slope)
+  x = activate(normalise(x, spec.norm, train, axis_name, labels, num_classes, embed_dim),
+               spec.act, spec.slope)
   if spec.dropout:
     x = nn.Dropout(spec.dropout, deterministic=not train)(x)
   return x
@@ -134,7 +143,10 @@ def to_pixel_range(x: jax.Array, pixel_range) -> jax.Array:
 
 class ConvGenerator(nn.Module):
   """z -> Dense to (h, w, f) [-> norm -> act] -> conv layers; the last one is
-  the tanh output layer, scaled to `pixel_range`."""
+  the tanh output layer, scaled to `pixel_range`. Class-conditional when
+  `num_classes` > 0: every BatchNorm per class (`cond` 'bn': a table per
+  class; 'bn_shared': BigGAN's linear map of an `embed_dim` class
+  embedding) or a label embedding concatenated to z ('concat')."""
   latent_dim: int
   start: tuple[int, int, int]
   layers: tuple[Conv, ...]
@@ -148,25 +160,39 @@ class ConvGenerator(nn.Module):
   axis_name: str | None = None
   dtype: Any = None   # compute dtype of convs and matmuls (None: float32)
   lowering: str = "auto"   # gan_jax.layers: per backend, or 'native' / 'cpu' forced
+  num_classes: int = 0
+  cond: str = "bn"         # conditional.G_CONDITIONINGS
+  embed_dim: int = 50      # the label embedding's width ('concat', 'bn_shared')
 
   @nn.compact
-  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, z: jax.Array, labels: jax.Array | None = None,
+               train: bool = True) -> jax.Array:
     chex.assert_shape(z, (None, self.latent_dim))
+    bn_labels, bn_embed = None, self.embed_dim if self.cond == "bn_shared" else 0
+    if self.num_classes:
+      conditional.check_labels(labels, z.shape[0], self.num_classes, "the generator")
+      if self.cond == "concat":
+        z = conditional.label_concat(z, labels, self.num_classes, self.embed_dim)
+      else:
+        bn_labels = labels
     x = _apply_layer(nn.Dense(int(np.prod(self.start)), use_bias=self.project_bias,
                            kernel_init=dcgan_init, dot_general=_dot(self.dtype, self.lowering)),
                      z, train)
     x = x.reshape(z.shape[0], *self.start)
-    x = activate(normalise(x, self.project_norm, train, self.axis_name),
-                 self.project_act, self.project_slope)
+    x = activate(normalise(x, self.project_norm, train, self.axis_name, bn_labels,
+                           self.num_classes, bn_embed), self.project_act, self.project_slope)
     for spec in self.layers:
       x = _apply_conv(spec, x, train=train, axis_name=self.axis_name, upsample=self.upsample,
-                      dtype=self.dtype, lowering=self.lowering)
+                      dtype=self.dtype, lowering=self.lowering, labels=bn_labels,
+                      num_classes=self.num_classes, embed_dim=bn_embed)
     chex.assert_shape(x, (z.shape[0], *self.out_shape))
     return to_pixel_range(x, self.pixel_range)
 
 
 class ConvDiscriminator(nn.Module):
-  """x -> conv layers -> flatten [-> dropout] -> dense 1 logit."""
+  """x -> conv layers -> flatten [-> dropout] -> dense 1 logit; class-
+  conditional when `num_classes` > 0, with the `head` of
+  conditional.D_HEADS on the flattened features."""
   in_shape: tuple[int, int, int]
   layers: tuple[Conv, ...]
   head_dropout: float = 0.0
@@ -174,9 +200,11 @@ class ConvDiscriminator(nn.Module):
   axis_name: str | None = None
   dtype: Any = None
   lowering: str = "auto"
+  num_classes: int = 0
+  head: str = "projection"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True):
     chex.assert_shape(x, (None, *self.in_shape))
     h = x
     for spec in self.layers:
@@ -186,7 +214,9 @@ class ConvDiscriminator(nn.Module):
     h = h.reshape(h.shape[0], -1)
     if self.head_dropout:
       h = nn.Dropout(self.head_dropout, deterministic=not train)(h)
-    return _dense_logit(h, train, self.spectral_norm, x.shape[0])
+    logits = _dense_logit(h, train, self.spectral_norm, x.shape[0])
+    return conditional.d_output(logits, h, labels, num_classes=self.num_classes,
+                                head=self.head, spectral_norm=self.spectral_norm, train=train)
 
 
 def _dense_logit(h, train, spectral_norm, batch):

@@ -9,7 +9,7 @@ that sets none of them builds the same networks as before).
 from __future__ import annotations
 
 from gan_jax.errors import ConfigError
-from gan_jax.models import ModelContext, register
+from gan_jax.models import ModelContext, conditional, register
 from gan_jax.models.blocks import (NORMS, UPSAMPLES, Conv, ConvDiscriminator, ConvGenerator,
                                    check_choice)
 
@@ -24,26 +24,33 @@ def _check(name: str, ctx: ModelContext, sizes: tuple[int, ...], g_norm: str, d_
   check_choice("upsample", upsample, UPSAMPLES)
 
 
-@register("dcgan28")
+@register("dcgan28", conditional=True)
 def dcgan28(ctx: ModelContext, *, g_features: int = 256, d_features: int = 64,
             g_norm: str = "batch", d_norm: str = "batch", d_spectral_norm: bool = False,
-            upsample: str = "phase"):
+            upsample: str = "phase", g_cond: str = "bn", d_head: str = "projection",
+            g_embed_dim: int = 50):
   """The default DCGAN-28: z -> 7x7xF -> [BN ReLU] up 14x14xF/2 -> [BN ReLU]
   up 28x28xC -> tanh; D conv Fd (k4 s2) LReLU -> conv 2Fd (k4 s2) [d_norm]
   LReLU -> dense 1. `upsample`: 'phase' (fast exact) or 'transpose'
-  (nn.ConvTranspose, same parameters and output)."""
+  (nn.ConvTranspose, same parameters and output). With model.num_classes > 0:
+  G conditioned by `g_cond` ('bn': class-conditional BatchNorm; 'concat': a
+  `g_embed_dim` label embedding beside z), D with `d_head` ('projection',
+  'acgan' or both) on its flattened features."""
   _check("dcgan28", ctx, (28,), g_norm, d_norm, upsample)
+  conditional.check_conditioning(ctx.num_classes, g_cond, d_head)
   f, c = g_features, ctx.image_shape[2]
   g = ConvGenerator(
       ctx.latent_dim, (7, 7, f),
       (Conv(f // 2, 4, 2, g_norm, "relu", transpose=True),
        Conv(c, 4, 2, "none", "tanh", transpose=True)),
       (28, 28, c), project_norm=g_norm, project_act="relu",
-      pixel_range=ctx.pixel_range, upsample=upsample, axis_name=ctx.axis_name)
+      pixel_range=ctx.pixel_range, upsample=upsample, axis_name=ctx.axis_name,
+      num_classes=ctx.num_classes, cond=g_cond, embed_dim=g_embed_dim)
   d = ConvDiscriminator(
       (28, 28, c),
       (Conv(d_features, 4, 2, "none"), Conv(2 * d_features, 4, 2, d_norm)),
-      spectral_norm=d_spectral_norm, axis_name=ctx.axis_name)
+      spectral_norm=d_spectral_norm, axis_name=ctx.axis_name,
+      num_classes=ctx.num_classes, head=d_head)
   return g, d
 
 
