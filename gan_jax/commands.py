@@ -12,7 +12,7 @@ import numpy as np
 
 from gan_jax import checkpointing, configure, models, outputs
 from gan_jax.components import (build_components, class_rows, eval_labels, evaluate_state,
-                                init_state, make_generate, sample_latents)
+                                init_state, make_generate, sample_labels, sample_latents)
 from gan_jax.errors import ConfigError
 from gan_jax.mesh import make_mesh
 
@@ -38,8 +38,7 @@ def _sample_labels(c, num: int, label: int | None, all_labels: bool, seed: int):
     labels, cols = class_rows(c, num)
     return labels, cols, "_all_labels"
   if c.conditional:   # uniform over the classes, as in training
-    labels = jax.random.randint(jax.random.PRNGKey(seed + 1), (num,), 0, c.num_classes)
-    return np.asarray(labels, np.int32), None, ""
+    return np.asarray(sample_labels(jax.random.PRNGKey(seed + 1), num, c)), None, ""
   return None, None, ""
 
 

@@ -59,6 +59,23 @@ def _labelled(out: Any) -> bool:
   return isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], np.ndarray)
 
 
+def in_memory(out: Any) -> bool:
+  """Whether `source_images` gave numpy arrays (images, or (images, labels))
+  rather than a (tf.data.Dataset, size) pair."""
+  return isinstance(out, np.ndarray) or _labelled(out)
+
+
+def first_examples(out: Any, limit: int) -> Any:
+  """`source_images`' output cut to its first `limit` examples (0: all), in
+  either form; a dataset's recorded size is cut alike."""
+  if not limit:
+    return out
+  if in_memory(out):
+    return jax.tree.map(lambda a: a[:limit], out)
+  ds, size = out
+  return ds.take(limit), None if size is None else min(size, limit)
+
+
 def _check_array(images: np.ndarray, data_config: Any, image_shape) -> None:
   if images.dtype != np.uint8 or images.ndim != 4:
     raise DataError(f"{describe(data_config)} gave a {images.dtype} array of shape "
@@ -119,14 +136,9 @@ def load_images(data_config: Any, image_shape, limit: int = 0, key: str = "",
   split, in source order (with `labels`: and their int32 labels). DataError
   where it has fewer than `limit` (set by the config key `key`, named in the
   message)."""
-  out = source_images(data_config, image_shape, labels)
-  if isinstance(out, np.ndarray) or _labelled(out):
-    out = jax.tree.map(lambda a: a[:limit] if limit else a, out)
-  else:
-    ds, _ = out
-    if limit:
-      ds = ds.take(limit)
-    parts = list(ds.batch(4096).as_numpy_iterator())
+  out = first_examples(source_images(data_config, image_shape, labels), limit)
+  if not in_memory(out):
+    parts = list(out[0].batch(4096).as_numpy_iterator())
     empty = np.zeros((0, *tuple(image_shape)), np.uint8)
     if labels:
       out = ((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gan_jax.data import (_tf, check_labels, describe, device_major, prefetch_to_device,
-                          process_rows, source_images)
+from gan_jax.data import (_tf, check_labels, describe, device_major, first_examples,
+                          in_memory, prefetch_to_device, process_rows, source_images)
 from gan_jax.errors import DataError
 from gan_jax.mesh import AXIS
 
@@ -77,21 +77,17 @@ class TrainData:
                mesh: jax.sharding.Mesh, image_shape: tuple[int, int, int],
                batches_per_step: int = 1, num_classes: int = 0):
     self.labels = num_classes > 0
-    images = source_images(data_config, tuple(image_shape), self.labels)
     limit = data_config.get("num_examples", 0)
     if limit < 0:
       raise DataError(f"data.num_examples must be >= 0 (0 = the whole split), got {limit}")
-    if isinstance(images, np.ndarray) or isinstance(images[0], np.ndarray):
-      images = jax.tree.map(lambda a: a[:limit] if limit else a, images)
+    images = first_examples(source_images(data_config, tuple(image_shape), self.labels), limit)
+    if in_memory(images):
       if self.labels:
         check_labels(images[1], len(images[0]), data_config, num_classes)
       self._array, self._images = images, None
       self.num_examples = len(images[0] if self.labels else images)
     else:
       self._array, (self._images, size) = None, images
-      if limit:
-        self._images = self._images.take(limit)
-        size = None if size is None else min(size, limit)
       self.num_examples = size if size is not None else int(
           self._images.reduce(0, lambda n, *_: n + 1))
     self.step_batch = global_batch * batches_per_step
