@@ -223,6 +223,22 @@ def test_bad_labels_of_a_source_are_clear_errors(monkeypatch):
     _data(_cfg())
 
 
+def test_out_of_range_labels_of_a_tf_data_source_are_a_data_error(monkeypatch):
+  """A tf.data source's labels are seen batch by batch (host batches) or all
+  at once (on device): either way a label >= model.num_classes is an error
+  naming the range, not an embedding row read out of bounds."""
+  import tensorflow as tf
+  shifted = _memory_labels() + 1   # one image has label 10
+  monkeypatch.setitem(data.SOURCES, "labelled_tf", lambda cfg, shape, labels=False: (
+      tf.data.Dataset.from_tensor_slices((_memory_images(), shifted)), N_MEM))
+  with pytest.raises(DataError, match=r"labels in \[\d+, 10\], outside the model's 10 classes"):
+    _take(_data(_cfg(source="labelled_tf"), batch=N_MEM).host_batches(), 1)
+  with pytest.raises(DataError, match=r"labels in \[1, 10\], outside the model's 10 classes"):
+    _data(_cfg(source="labelled_tf", on_device=True)).device_images()
+  images, got = _take(_data(_cfg(source="labelled_tf"), num_classes=11).host_batches(), 1)[0]
+  np.testing.assert_array_equal(got, _read_labels(images) + 1)   # in range for 11 classes
+
+
 def test_load_images_with_labels(labelled_source):
   images, labels = data.load_images(_cfg(), SHAPE, limit=7, labels=True)
   np.testing.assert_array_equal(images, _memory_images()[:7])

@@ -77,6 +77,7 @@ class TrainData:
                mesh: jax.sharding.Mesh, image_shape: tuple[int, int, int],
                batches_per_step: int = 1, num_classes: int = 0):
     self.labels = num_classes > 0
+    self.num_classes = num_classes
     limit = data_config.get("num_examples", 0)
     if limit < 0:
       raise DataError(f"data.num_examples must be >= 0 (0 = the whole split), got {limit}")
@@ -182,7 +183,12 @@ class TrainData:
     ds = (self.epoch_indices(epoch, self._rows) if indices
           else self.epoch(epoch, self._rows))
     for batch in ds.skip(skip).as_numpy_iterator():
-      yield batch.astype(np.int32) if indices else batch
+      if indices:
+        yield batch.astype(np.int32)
+      elif self.labels:   # a tf.data source's labels are only seen here
+        yield batch[0], check_labels(batch[1], len(batch[1]), self.config, self.num_classes)
+      else:
+        yield batch
 
   def host_batches(self, start_step: int = 0, indices: bool = False) -> Iterator[np.ndarray]:
     """Endless per-step host arrays from `start_step` on: the normalised
@@ -214,6 +220,9 @@ class TrainData:
       parts = list(self._images.batch(4096).as_numpy_iterator())
       images = (tuple(np.concatenate([p[i] for p in parts]) for i in range(2)) if self.labels
                 else np.concatenate(parts))
+      if self.labels:
+        images = images[0], check_labels(images[1], len(images[0]), self.config,
+                                         self.num_classes)
     return jax.device_put(images, NamedSharding(self.mesh, P()))
 
 
