@@ -17,6 +17,7 @@ sys.path.insert(0, TOOLS)
 import bench  # noqa: E402
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_bench_reports_every_column(tmp_path, capsys):
   out = tmp_path / "bench.json"
   bench.main(["dcgan28", "--batch", "8", "--repeats", "1", "--steps-per-call", "2",
@@ -33,6 +34,7 @@ def test_bench_reports_every_column(tmp_path, capsys):
   assert "| dcgan28 | 8 | gan_jax bfloat16 |" in table and "measured matmul peak" in table
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_bench_sweep_reports_the_sweep_against_sequential_runs(tmp_path):
   import bench_sweep
   out = tmp_path / "sweep.json"

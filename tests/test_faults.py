@@ -233,6 +233,7 @@ def _target(**overrides):
   return components.init_state(cfg, components.build_components(cfg), mesh_lib.make_mesh())
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, reference, caplog):
   work = tmp_path / "w"
   shutil.copytree(reference(), work)

@@ -64,10 +64,16 @@ def test_bad_input_rank():
     ConvTranspose(4, 4, 2).init(jax.random.PRNGKey(0), jnp.ones((7, 7, 8)))
 
 
-@pytest.mark.parametrize("cin,cout", [(5, 7), (40, 40)])  # narrow: XLA conv; wide: im2col
-@pytest.mark.parametrize("h,k,s,padding", [(28, 4, 2, "SAME"), (14, 4, 2, "SAME"), (9, 5, 2, "SAME"),
-                                           (8, 3, 1, "SAME"), (9, 4, 2, "VALID"),
-                                           (7, 4, 2, "SAME")])  # odd SAME padding: (1, 2)
+_SHAPES = [(28, 4, 2, "SAME"), (14, 4, 2, "SAME"), (9, 5, 2, "SAME"), (8, 3, 1, "SAME"),
+           (9, 4, 2, "VALID"), (7, 4, 2, "SAME")]  # the last: odd SAME padding (1, 2)
+
+
+# Narrow channels take XLA's conv, wide ones im2col: every shape narrow, one
+# wide in the default suite, the other wide ones in the slow suite.
+@pytest.mark.parametrize("h,k,s,padding,cin,cout", [
+    (*shape, 5, 7) for shape in _SHAPES] + [
+    (*shape, 40, 40) if shape[:2] == (14, 4) else pytest.param(*shape, 40, 40, marks=pytest.mark.slow)
+    for shape in _SHAPES])
 def test_conv_equals_flax_conv_to_second_order(h, k, s, padding, cin, cout):
   """Same output, input gradient and gradient of the input-gradient norm
   (what a gradient penalty differentiates) as nn.Conv."""

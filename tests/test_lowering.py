@@ -60,6 +60,7 @@ def test_default_step_lowers_to_native_convolutions_for_cuda_and_cpu_paths_for_c
   assert re.search(r"lhs_dilate = \[2, 2\]", cuda)
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 @pytest.mark.usefixtures("gpu_host")
 def test_bfloat16_step_for_cuda_has_bfloat16_convolutions_and_no_custom_vjp():
   cfg = small_config()
@@ -95,11 +96,11 @@ def test_native_and_cpu_implementations_agree_with_gradients(cls, h, k, s, cin, 
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
 
 
-_SLOW = pytest.mark.slow   # the default model stays in the fast suite
+_SLOW = pytest.mark.slow   # the layer-level agreement above stays in the fast suite
 
 
 @pytest.mark.parametrize("name,size,channels,kwargs", [
-    ("dcgan28", 28, 1, {"g_features": 32, "d_features": 16}),
+    pytest.param("dcgan28", 28, 1, {"g_features": 32, "d_features": 16}, marks=_SLOW),
     pytest.param("dcgan64", 64, 3, {"g_features": 32, "d_features": 8}, marks=_SLOW),
     pytest.param("lsgan32", 32, 3, {"g_features": 32, "d_features": 8}, marks=_SLOW),
     pytest.param("dcgan_faces", 28, 3, {"g_features": 32, "d_features": 8}, marks=_SLOW),
@@ -142,6 +143,7 @@ def test_a_cpu_only_host_lowers_auto_layers_without_the_platform_switch():
   assert "stablehlo.case" not in text
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 @pytest.mark.usefixtures("gpu_host")
 def test_on_a_gpu_host_the_cpu_lowering_is_bitwise_the_cpu_path():
   """The switch resolved for CPU computes exactly the forced CPU path."""
@@ -164,7 +166,8 @@ def test_bad_lowering_is_a_config_error():
     configure.check_components(cfg)
 
 
-@pytest.mark.parametrize("trained,sampled", [("auto", "native"), ("native", "cpu")])
+@pytest.mark.parametrize("trained,sampled", [("auto", "native"),
+                                             pytest.param("native", "cpu", marks=_SLOW)])
 def test_checkpoint_samples_with_the_other_lowering(tmp_path, trained, sampled):
   """Trained on CPU ('auto' = the CPU paths), sampled with the GPU path
   forced; and the reverse. Same parameters, same samples."""

@@ -44,7 +44,7 @@ def _init(g, d, n=4, labels=None, size=32, channels=3):
   return z, x, g_vars, d_vars
 
 
-@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("size", [pytest.param(32, marks=pytest.mark.slow), 64])
 def test_shapes_pixel_range_and_resolutions(size):
   g, d = models.build_models(_model_cfg(size, **SMALL), pixel_range=(0.0, 1.0))
   z, x, g_vars, d_vars = _init(g, d, size=size)

@@ -124,6 +124,7 @@ def test_sweep_settings_are_checked(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_a_diverged_member_is_named_with_its_step_and_nothing_is_saved(tmp_path):
   # An infinite penalty weight makes member 2's D loss infinite at step 1.
   cfg = small_config(num_steps=2, sample_every=0, checkpoint_every=1,

@@ -59,6 +59,7 @@ def test_fused_on_device_run_equals_step_by_step_pipeline_run(tmp_path):
   assert checkpointing.Checkpointer(str(tmp_path / "fused"), 1).manager.all_steps() == [5, 8]
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_resume_continues_from_checkpoint(tmp_path):
   cfg = small_config(num_steps=2)
   first = jax.device_get(_train(cfg, tmp_path))

@@ -73,8 +73,9 @@ def _random_batches(cfg, c, n, seed=0):
       -1, 1, (n, cfg.batch_size * cfg.d_steps, *c.image_shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"loss": "wasserstein", "d_steps": 2, "model.kwargs.d_norm": "none",
-                                            "penalty.gp": 10.0, "ema_decay": 0.9}])
+@pytest.mark.parametrize("overrides", [{}, pytest.param(
+    {"loss": "wasserstein", "d_steps": 2, "model.kwargs.d_norm": "none", "penalty.gp": 10.0,
+     "ema_decay": 0.9}, marks=pytest.mark.slow)])
 def test_fused_steps_equal_single_steps(overrides):
   """k steps fused in one lax.scan call == k calls of the single step."""
   cfg = small_config(**overrides)
@@ -122,6 +123,7 @@ def test_chunk_schedule_ends_chunks_at_events():
     assert e in ends
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_bfloat16_step_is_finite_and_multiplies_in_bfloat16():
   """Mixed precision: the step runs finite, its matmuls take bfloat16
   operands (forward and backward), and the float32 step has none."""

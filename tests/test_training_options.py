@@ -35,6 +35,7 @@ def test_critic_steps_run_insideone_step():
   assert int(after.step) == 1 and np.isfinite(metrics["d_loss"])
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_each_critic_step_sees_its_own_batch():
   """Every one of the three critic batches is consumed: changing any one of
   them alone changes the outcome."""
