@@ -166,7 +166,7 @@ def test_bad_lowering_is_a_config_error():
     configure.check_components(cfg)
 
 
-@pytest.mark.parametrize("trained,sampled", [("auto", "native"),
+@pytest.mark.parametrize("trained,sampled", [pytest.param("auto", "native", marks=_SLOW),
                                              pytest.param("native", "cpu", marks=_SLOW)])
 def test_checkpoint_samples_with_the_other_lowering(tmp_path, trained, sampled):
   """Trained on CPU ('auto' = the CPU paths), sampled with the GPU path

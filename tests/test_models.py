@@ -76,8 +76,9 @@ def _compiled_g_gradient_hlo(cfg):
   return jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
 
 
-@pytest.mark.parametrize("experiment", ["dcgan_fashion_mnist", "dcgan_color64", "lsgan_cifar10",
-                                        "dcgan_celeba"])
+@pytest.mark.parametrize("experiment", ["dcgan_fashion_mnist", "dcgan_color64",
+                                        *(pytest.param(e, marks=pytest.mark.slow)
+                                          for e in ("lsgan_cifar10", "dcgan_celeba"))])
 def test_upsampling_has_no_transposed_conv_gradient_in_hlo(experiment):
   """The 'phase' upsampling compiles to no input-dilated convolution (what a
   transposed convolution and its gradients lower to, slow on XLA:CPU); the

@@ -194,6 +194,7 @@ def test_invalid_config_rejected_before_training(tmp_path, key, value, message):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_divergence_stops_before_checkpointing_it(tmp_path, monkeypatch):
   """A NaN metric at step 2 stops training with the step and metric named, and
   the state of that step is not checkpointed (step 1's stays the latest)."""

@@ -97,6 +97,7 @@ def test_fused_steps_equal_single_steps(overrides):
                               atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_fused_on_device_steps_equal_fed_steps():
   """Gathering the batch on device from indices == feeding the same images."""
   cfg = small_config()

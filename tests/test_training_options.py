@@ -54,6 +54,7 @@ def test_each_critic_step_sees_its_own_batch():
     assert max(jax.tree.leaves(diff)) > 0, part
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_weight_clipping_bounds_every_d_param():
   _, after, _ = _step_with(**{"loss": "wasserstein", "d_weight_clip": 0.01,
                              "optim.name": "rmsprop", "optim.d_lr": 0.5})
@@ -62,7 +63,8 @@ def test_weight_clipping_bounds_every_d_param():
   assert any(float(np.abs(p).max()) == pytest.approx(0.01) for p in leaves)  # it did clip
 
 
-@pytest.mark.parametrize("decay,start,expect_blend", [(0.9, 0, True), (0.9, 5, False)])
+@pytest.mark.parametrize("decay,start,expect_blend", [(0.9, 0, True),
+                                                      pytest.param(0.9, 5, False, marks=pytest.mark.slow)])
 def test_ema_of_generator(decay, start, expect_blend):
   before, after, _ = _step_with(ema_decay=decay, ema_start=start)
   for e0, p1, e1 in zip(jax.tree.leaves(before.g_ema_params), jax.tree.leaves(after.g_params),
@@ -80,6 +82,7 @@ def test_samples_come_from_the_ema_params():
   assert float(jnp.abs(generate(state, z) - generate(noisy, z)).max()) > 1e-3
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_label_smoothing_changes_only_the_real_term():
   """real_label 0.9 raises D's BCE on real data versus target 1 by a known
   amount: BCE(l, 0.9) - BCE(l, 1) = 0.1 * mean(l)."""
@@ -89,6 +92,7 @@ def test_label_smoothing_changes_only_the_real_term():
   assert m9["d_loss"] - m1["d_loss"] == pytest.approx(0.1 * m1["d_real_logit"], abs=1e-5)
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_noisy_labels_move_the_real_term():
   """Targets 1 + 0.05 U(0, 1): BCE(l, t) - BCE(l, 1) = -mean((t - 1) * l), a
   small non-zero change of the same logits."""
@@ -98,6 +102,7 @@ def test_noisy_labels_move_the_real_term():
   assert 0 < abs(a["d_loss"] - b["d_loss"]) < 0.05
 
 
+@pytest.mark.slow   # keeps the default suite near 10 minutes (CI runs both)
 def test_spectral_norm_discriminator_trains():
   _, after, metrics = _step_with(**{"model.kwargs.d_spectral_norm": True})
   stats = jax.tree_util.tree_flatten_with_path(after.d_batch_stats)[0]
