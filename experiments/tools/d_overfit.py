@@ -18,9 +18,10 @@ import json
 import jax
 import numpy as np
 
-from gan_jax import configure, data
+from gan_jax import configure
 from gan_jax.commands import _restore
 from gan_jax.data.pipeline import normalise_array
+from gan_jax.evaluation.evaluator import real_images
 from gan_jax.mesh import AXIS
 
 P = jax.sharding.PartitionSpec
@@ -46,11 +47,9 @@ def overfit_report(workdir: str, held_out: str = "test", step: int | None = None
                      f"unconditional runs only")
   c, mesh, state = _restore(config, workdir, step)
   shape = (config.model.image_size, config.model.image_size, config.model.channels)
-  seen = data.load_images(config.data, shape, limit=config.data.get("num_examples", 0))
-  other_config = config.data.copy_and_resolve_references()
-  with other_config.unlocked():
-    other_config.split = held_out
-  unseen = data.load_images(other_config, shape)
+  seen, _, _ = real_images(config.data, config.data.split, shape,
+                           limit=config.data.get("num_examples", 0))
+  unseen, _, _ = real_images(config.data, held_out, shape, limit=0)
   report = {"workdir": workdir, "step": int(state.step)}
   for side, images in (("train", seen), (held_out, unseen)):
     z = d_logits(c, state, mesh, images, config.batch_size, config.data.pixel_range)
