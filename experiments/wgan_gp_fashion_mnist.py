@@ -20,6 +20,8 @@ def get_config():
   # The default DCGAN-28 experiment, with the WGAN-GP objective and optimiser.
   c = load_config(os.path.join(os.path.dirname(__file__), "dcgan_fashion_mnist.py"),
                   lock=False)
+  c.model.kwargs.g_features = 256    # TensorFlow's DCGAN-tutorial G, as these runs were made
+  c.num_steps = -1                   # num_epochs below decides
   c.model.kwargs.d_norm = "none"
   c.loss = "wasserstein"
   c.penalty.gp = 10.0

@@ -22,6 +22,7 @@ def small_config(**overrides):
     cfg.checkpoint_every = 2
     cfg.num_grid_samples = 16
     cfg.eval.every = 0   # tests that score G turn it on
+    cfg.num_steps = -1   # num_epochs (3) decides, unless a test sets num_steps
     for key, value in overrides.items():
       node = cfg
       *parents, leaf = key.split(".")

@@ -203,13 +203,18 @@ _DCGAN28_G = {"BatchNorm_0/bias": (256,), "BatchNorm_0/scale": (256,), "BatchNor
               "BatchNorm_1/scale": (128,), "ConvTranspose_0/kernel": (4, 4, 256, 128),
               "ConvTranspose_1/bias": (1,), "ConvTranspose_1/kernel": (4, 4, 128, 1),
               "Dense_0/kernel": (100, 12544)}
+# The default experiment's G: dcgan28 at g_features=128.
+_DCGAN28_G128 = {"BatchNorm_0/bias": (128,), "BatchNorm_0/scale": (128,),
+                 "BatchNorm_1/bias": (64,), "BatchNorm_1/scale": (64,),
+                 "ConvTranspose_0/kernel": (4, 4, 128, 64), "ConvTranspose_1/bias": (1,),
+                 "ConvTranspose_1/kernel": (4, 4, 64, 1), "Dense_0/kernel": (100, 6272)}
 _DCGAN28_D_BN = {"BatchNorm_0/bias": (128,), "BatchNorm_0/scale": (128,), "Conv_0/bias": (64,),
                  "Conv_0/kernel": (4, 4, 1, 64), "Conv_1/kernel": (4, 4, 64, 128),
                  "Dense_0/bias": (1,), "Dense_0/kernel": (6272, 1)}
 # (G params, D params) of each experiment, read off gan_jax/models.py before it
 # became a package with model.kwargs: checkpoints depend on these names and shapes.
 PARAM_SHAPES = {
-    "dcgan_fashion_mnist": (_DCGAN28_G, _DCGAN28_D_BN),
+    "dcgan_fashion_mnist": (_DCGAN28_G128, _DCGAN28_D_BN),
     "wgan_fashion_mnist": (_DCGAN28_G, _DCGAN28_D_BN),
     "wgan_gp_fashion_mnist": (_DCGAN28_G, {
         "Conv_0/bias": (64,), "Conv_0/kernel": (4, 4, 1, 64), "Conv_1/bias": (128,),
