@@ -1,7 +1,8 @@
 r"""WGAN-GP on Fashion-MNIST (28x28x1).
 
-Reproduces Gulrajani et al. (2017), Algorithm 1, on the default experiment's
-DCGAN-28 with no BatchNorm in the critic (the penalty is per example):
+Reproduces Gulrajani et al. (2017), Algorithm 1, on DCGAN-28 at
+TensorFlow's tutorial width (G 256 wide; the default experiment halves it)
+with no BatchNorm in the critic (the penalty is per example):
 Wasserstein loss plus a gradient penalty of weight 10 at random real/fake
 interpolates; 5 critic updates per G update, each on a fresh batch, inside
 one compiled step; Adam(1e-4, b1=0.5, b2=0.9) for both; batch 64.
@@ -17,7 +18,8 @@ from gan_jax.config import load_config
 
 
 def get_config():
-  # The default DCGAN-28 experiment, with the WGAN-GP objective and optimiser.
+  # The default DCGAN-28 experiment with its G at 256 wide, and the WGAN-GP
+  # objective and optimiser.
   c = load_config(os.path.join(os.path.dirname(__file__), "dcgan_fashion_mnist.py"),
                   lock=False)
   c.model.kwargs.g_features = 256    # TensorFlow's DCGAN-tutorial G, as these runs were made
@@ -31,5 +33,6 @@ def get_config():
   c.optim.b1, c.optim.b2 = 0.5, 0.9
   c.num_epochs = 10                  # an epoch = 60000 / (5 * 64) = 187 G updates
   c.sample_every = 200
+  c.eval.every = 937                 # about every 5 epochs, and at the end
   c.checkpoint_every = 500
   return c

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from gan_jax import components, mesh as mesh_lib
-from gan_jax.config import load_config
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "experiments", "tools")
@@ -53,7 +52,7 @@ def test_torch_reference_has_the_same_architecture(arch):
   """Same parameter count per tensor (sorted sizes) and output shapes."""
   torch = pytest.importorskip("torch")
   import torch_reference
-  cfg = load_config(os.path.join(TOOLS, "..", bench.SEEDS[arch] + ".py"))
+  cfg = bench.seed_config(arch)
   c = components.build_components(cfg)
   state = components.init_state(cfg, c, mesh_lib.make_mesh())
   g, d = torch_reference.build(arch)

@@ -43,13 +43,25 @@ from gan_jax import cli, components, configure, data, mesh as mesh_lib, step as 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = {"fc_gan": "fc_gan_mnist", "dcgan28": "dcgan_fashion_mnist",
          "dcgan64": "dcgan_color64", "lsgan32": "lsgan_cifar10"}
+# Each seed is the architecture as published, which its experiment may
+# resize: dcgan28 is TensorFlow's DCGAN-tutorial G (256 wide), the default
+# experiment trains it at half that width.
+SEED_OVERRIDES = {"dcgan28": {"model.kwargs.g_features": "256"}}
+
+
+def seed_config(name, overrides=None):
+  """The completed config of seed architecture `name` ({'a.b': 'text'}
+  `overrides` applied after the seed's own)."""
+  return configure.load(os.path.join(HERE, "..", SEEDS[name] + ".py"),
+                        {**SEED_OVERRIDES.get(name, {}), **(overrides or {})})
 
 
 def load_target(target, batch=0, dtype="float32", overrides=None):
   """(config, name) of a SEEDS name or an experiment file, at `batch` (0 =
   the config's own) and model dtype."""
-  path = os.path.join(HERE, "..", SEEDS[target] + ".py") if target in SEEDS else target
-  cfg = configure.load(path, {**(overrides or {}), "model.dtype": dtype})
+  overrides = {**(overrides or {}), "model.dtype": dtype}
+  cfg = (seed_config(target, overrides) if target in SEEDS
+         else configure.load(target, overrides))
   if batch:
     cfg.batch_size = batch
   return cfg, target

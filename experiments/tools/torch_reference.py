@@ -1,8 +1,9 @@
 """PyTorch reference implementations of the four seed GANs, for benchmarking.
 
 The same layer shapes, parameter counts, losses and optimiser settings as the
-gan_jax experiments fc_gan_mnist, dcgan_fashion_mnist, dcgan_color64 and
-lsgan_cifar10, written the ordinary PyTorch way (eager nn.Modules,
+gan_jax seed architectures of bench.py (the experiments fc_gan_mnist,
+dcgan_fashion_mnist with TensorFlow's 256-wide DCGAN G, dcgan_color64 and
+lsgan_cifar10), written the ordinary PyTorch way (eager nn.Modules,
 torch.optim.Adam, nn.BCEWithLogitsLoss / nn.MSELoss), so that their training
 throughput can be compared with gan_jax's side by side. Images are NCHW.
 
@@ -13,24 +14,21 @@ it): pip install torch --index-url https://download.pytorch.org/whl/cpu
 float32 or under bfloat16 autocast (torch's mixed precision: fp32 weights).
 """
 import contextlib
-import os
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from bench import SEEDS  # name -> gan_jax experiment
-from gan_jax.config import load_config
+from bench import SEEDS, seed_config  # name -> gan_jax experiment, its config
 
 ARCHITECTURES = tuple(SEEDS)
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def experiment_config(name):
-  """The gan_jax experiment's config: latents, loss, optimiser and label
-  noise are read from it, so both sides train the same setting."""
-  return load_config(os.path.join(HERE, "..", SEEDS[name] + ".py"))
+  """The gan_jax seed's config: latents, loss, optimiser and label noise
+  are read from it, so both sides train the same setting."""
+  return seed_config(name)
 
 
 def _up(cin, cout, k, s, bias=False):
