@@ -1,5 +1,6 @@
 r"""Class-conditional DCGAN on Fashion-MNIST (28x28x1): DCGAN-28 (TensorFlow's
-tutorial width, g_features=256) with class-conditional BatchNorm in G and a projection discriminator.
+tutorial width, g_features=256) with class-conditional BatchNorm in G and a
+projection discriminator.
 
 G: z(100) -> Dense 7x7x256 -> conditional BN ReLU -> up 14x14x128 ->
 conditional BN ReLU -> up 28x28x1 -> tanh; each BatchNorm's gain and bias

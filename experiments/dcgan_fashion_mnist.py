@@ -4,8 +4,9 @@ G: z(100) -> Dense 7x7x128 -> BN ReLU -> up 14x14x64 -> BN ReLU -> up 28x28x1
 -> tanh: half the width of TensorFlow's DCGAN tutorial (whose 256 is the
 dcgan28 model's default), chosen because it reaches a lower domain FD per
 minute on a CPU (the README's "Measured" has the figures). D: conv 64 (k4 s2)
-LReLU(0.2) -> conv 128 (k4 s2) BN LReLU(0.2) -> dense 1. Non-saturating BCE loss, Adam(2e-4, b1=0.5) for both, batch 64,
-pixels in [-1, 1], DCGAN init N(0, 0.02).
+LReLU(0.2) -> conv 128 (k4 s2) BN LReLU(0.2) -> dense 1. Non-saturating BCE
+loss, Adam(2e-4, b1=0.5) for both, batch 64, pixels in [-1, 1], DCGAN init
+N(0, 0.02).
 
 Run (from the repository root):
 

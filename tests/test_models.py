@@ -212,7 +212,8 @@ _DCGAN28_D_BN = {"BatchNorm_0/bias": (128,), "BatchNorm_0/scale": (128,), "Conv_
                  "Conv_0/kernel": (4, 4, 1, 64), "Conv_1/kernel": (4, 4, 64, 128),
                  "Dense_0/bias": (1,), "Dense_0/kernel": (6272, 1)}
 # (G params, D params) of each experiment, read off gan_jax/models.py before it
-# became a package with model.kwargs: checkpoints depend on these names and shapes.
+# became a package with model.kwargs (the default experiment's G since f4be368):
+# checkpoints depend on these names and shapes.
 PARAM_SHAPES = {
     "dcgan_fashion_mnist": (_DCGAN28_G128, _DCGAN28_D_BN),
     "wgan_fashion_mnist": (_DCGAN28_G, _DCGAN28_D_BN),
