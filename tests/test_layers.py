@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gan_jax.layers import ConvTranspose
+from gan_jax.layers import Conv, ConvTranspose, shift_conv
 
 CASES = [  # (input H, W, kernel, stride, padding)
     (7, 7, 4, 2, "SAME"),     # the DCGAN layers
@@ -18,7 +18,7 @@ CASES = [  # (input H, W, kernel, stride, padding)
 ]
 
 
-@pytest.mark.parametrize("features", [6, 16])  # narrow: XLA conv path; wide: matmul path
+@pytest.mark.parametrize("features", [6, 16])  # narrow: XLA conv path (5 inputs); wide: matmul path
 @pytest.mark.parametrize("h,w,k,s,padding", CASES)
 def test_equals_flax_conv_transpose(h, w, k, s, padding, features):
   key = jax.random.PRNGKey(0)
@@ -68,7 +68,7 @@ _SHAPES = [(28, 4, 2, "SAME"), (14, 4, 2, "SAME"), (9, 5, 2, "SAME"), (8, 3, 1, 
            (9, 4, 2, "VALID"), (7, 4, 2, "SAME")]  # the last: odd SAME padding (1, 2)
 
 
-# Narrow channels take XLA's conv, wide ones im2col: every shape narrow, one
+# Narrow inputs take XLA's conv, wide ones im2col: every shape narrow, one
 # wide in the default suite, the other wide ones in the slow suite.
 @pytest.mark.parametrize("h,k,s,padding,cin,cout", [
     (*shape, 5, 7) for shape in _SHAPES] + [
@@ -93,3 +93,49 @@ def test_conv_equals_flax_conv_to_second_order(h, k, s, padding, cin, cout):
   g_ref = jax.grad(penalty, argnums=1)(ref, params, x)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("h,w,k,padding,cin,cout", [
+    (9, 9, (4, 4), "SAME", 40, 3),                 # an RGB output layer (k4 s1)
+    (8, 10, (3, 3), "VALID", 33, 5),
+    (8, 8, (2, 2), ((1, 1), (0, 1)), 32, 4),       # a DCGAN phase convolution
+    (5, 5, (5, 5), "SAME", 64, 1),                 # kernel as large as the image
+    (6, 7, (2, 3), ((0, 2), (1, 0)), 36, 2),       # non-square everything
+    (5, 5, (2, 2), ((3, 0), (0, 2)), 32, 3),       # padding wider than the kernel
+])
+def test_shift_conv_equals_xla_conv_to_second_order(h, w, k, padding, cin, cout):
+  """shift_conv (one matmul + shifted sums, custom VJP) against XLA's
+  convolution: output, both gradients, and the gradient of an input-gradient
+  norm with respect to the kernel (a gradient penalty through it)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, cin))
+  kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (*k, cin, cout))
+  xla = lambda x, kern: jax.lax.conv_general_dilated(
+      x, kern, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  fast = lambda x, kern: shift_conv(x, kern, padding)
+  np.testing.assert_allclose(fast(x, kernel), xla(x, kernel), atol=1e-5)
+  loss = lambda f: lambda x, kern: jnp.sum(jnp.sin(f(x, kern)))
+  for a, b in zip(jax.grad(loss(fast), (0, 1))(x, kernel), jax.grad(loss(xla), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+  penalty = lambda f: lambda kern: jnp.sum(jax.grad(loss(f))(x, kern) ** 2)
+  a, b = jax.grad(penalty(fast))(kernel), jax.grad(penalty(xla))(kernel)
+  np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(np.abs(b).max()))
+
+
+def test_narrow_output_layers_emit_no_convolution():
+  """A wide input into a narrow output (an image layer, a last transposed
+  conv's phases) runs as matmuls on CPU, forward and backward: XLA:CPU's
+  convolution kernel gradient for these shapes is the slow part it replaces."""
+  x = jnp.ones((2, 14, 14, 40))
+  for layer in (Conv(3, 4, 1), ConvTranspose(1, 4, 2)):
+    params = layer.init(jax.random.PRNGKey(0), x)
+    step = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1)))
+    hlo = step.lower(params, x).compile().as_text()
+    assert "convolution(" not in hlo and "dot(" in hlo, type(layer).__name__
+  strided = Conv(3, 4, 2)   # stride 2 keeps XLA's convolution
+  params = strided.init(jax.random.PRNGKey(0), x)
+  assert "convolution(" in jax.jit(strided.apply).lower(params, x).compile().as_text()
+
+
+def test_shift_conv_rejects_an_empty_output():
+  with pytest.raises(ValueError, match="no output"):
+    shift_conv(jnp.ones((1, 3, 3, 40)), jnp.ones((5, 5, 40, 2)), "VALID")

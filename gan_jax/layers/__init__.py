@@ -8,7 +8,8 @@ fast path, and the paths below on CPU. `lowering='native'` or `'cpu'` forces
 one on every backend.
 
 `Conv` is `flax.linen.Conv` computed, for wide inputs, as slices + one
-matmul, whose higher derivatives (gradient penalties) stay fast on XLA:CPU.
+matmul, whose higher derivatives (gradient penalties) stay fast on XLA:CPU;
+a wide input into a narrow stride-1 output (an image layer) by `shift_conv`.
 
 `ConvTranspose` computes exactly what `flax.linen.ConvTranspose` computes
 (same parameters, same output) but as one ordinary convolution followed by a
@@ -36,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gan_jax.layers.shift_conv import shift_conv
 
 Array = jax.Array
 
@@ -155,8 +158,8 @@ def _transpose_padding(k: int, s: int, padding) -> tuple[int, int]:
   return pad_a, pad_len - pad_a
 
 
-# Narrow dense convs (e.g. the RGB/grey output layer) run faster as XLA
-# convolutions than as im2col matmuls; wide ones are the other way round on CPU.
+# Narrow dense convs (e.g. the RGB/grey output layer) would build im2col
+# patches many times their input for little work: they run as `_narrow_conv`.
 _MAX_CONV_FEATURES = 32
 
 
@@ -222,8 +225,7 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
   x, pad_w = crop(x, 2, *pw.pad)
   hc, wc = ph.per_phase + max(ph.shifts), pw.per_phase + max(pw.shifts)
   if dense.shape[-1] <= _MAX_CONV_FEATURES:
-    y = jax.lax.conv_general_dilated(
-        x, dense, (1, 1), [pad_h, pad_w], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = _narrow_conv(x, dense, (1, 1), [pad_h, pad_w])
   else:
     # im2col + one matmul: XLA:CPU computes the kernel gradient of a wide,
     # small even-sized conv ~40x slower than the equivalent matmul.
@@ -345,13 +347,14 @@ _MIN_IM2COL_CHANNELS = 32
 class Conv(_ConvLike):
   """Drop-in for `flax.linen.Conv` on NHWC inputs (2-D, no dilation, one
   group): same parameter names and shapes, same output; wide layers (many
-  input and output channels) are computed by `im2col_conv`."""
+  input and output channels) are computed by `im2col_conv`, a wide input into
+  a narrow output by `shift_conv`."""
 
   @nn.nowrap
   def cpu(self, x, kernel, strides):
     if x.shape[-1] >= _MIN_IM2COL_CHANNELS and kernel.shape[-1] > _MAX_CONV_FEATURES:
       return im2col_conv(x, kernel, strides, self.padding, self.dtype)
-    return _xla_conv(x, kernel, strides, self.padding)
+    return _narrow_conv(x, kernel, strides, self.padding)
 
   @nn.nowrap
   def native(self, x, kernel, strides):
@@ -362,3 +365,15 @@ class Conv(_ConvLike):
 def _xla_conv(x, kernel, strides, padding):
   return jax.lax.conv_general_dilated(x, kernel, strides, padding,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _narrow_conv(x, kernel, strides, padding):
+  """A float32 convolution with few input or output channels on CPU: a wide
+  input into a narrow stride-1 output by `shift_conv`, XLA's own otherwise."""
+  if tuple(strides) == (1, 1) and x.shape[-1] >= _MIN_IM2COL_CHANNELS:
+    if padding in ("SAME", "VALID"):
+      return shift_conv(x, kernel, padding)
+    pads = tuple(tuple(int(v) for v in p) for p in padding)
+    if min(min(p) for p in pads) >= 0:
+      return shift_conv(x, kernel, pads)
+  return _xla_conv(x, kernel, strides, padding)
