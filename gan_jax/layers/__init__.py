@@ -370,10 +370,19 @@ def _xla_conv(x, kernel, strides, padding):
 def _narrow_conv(x, kernel, strides, padding):
   """A float32 convolution with few input or output channels on CPU: a wide
   input into a narrow stride-1 output by `shift_conv`, XLA's own otherwise."""
-  if tuple(strides) == (1, 1) and x.shape[-1] >= _MIN_IM2COL_CHANNELS:
-    if padding in ("SAME", "VALID"):
-      return shift_conv(x, kernel, padding)
-    pads = tuple(tuple(int(v) for v in p) for p in padding)
-    if min(min(p) for p in pads) >= 0:
-      return shift_conv(x, kernel, pads)
+  pads = _shift_conv_padding(padding)
+  if tuple(strides) == (1, 1) and x.shape[-1] >= _MIN_IM2COL_CHANNELS and pads is not None:
+    return shift_conv(x, kernel, pads)
   return _xla_conv(x, kernel, strides, padding)
+
+
+def _shift_conv_padding(padding):
+  """'SAME', 'VALID' or ((lo, hi), (lo, hi)) with no negative width as
+  `shift_conv` takes it; None for anything else (left to XLA's convolution)."""
+  if isinstance(padding, str):
+    return padding if padding in ("SAME", "VALID") else None
+  try:
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  except (TypeError, ValueError):
+    return None
+  return pads if len(pads) == 2 and min(map(min, pads)) >= 0 else None
