@@ -102,6 +102,8 @@ def test_conv_equals_flax_conv_to_second_order(h, k, s, padding, cin, cout):
     (5, 5, (5, 5), "SAME", 64, 1),                 # kernel as large as the image
     (6, 7, (2, 3), ((0, 2), (1, 0)), 36, 2),       # non-square everything
     (5, 5, (2, 2), ((3, 0), (0, 2)), 32, 3),       # padding wider than the kernel
+    (6, 5, (3, 2), "SAME", 32, 2),                 # SAME with a non-square kernel
+    (5, 6, (2, 5), "SAME", 32, 2),
 ])
 def test_shift_conv_equals_xla_conv_to_second_order(h, w, k, padding, cin, cout):
   """shift_conv (one matmul + shifted sums, custom VJP) against XLA's
@@ -134,8 +136,43 @@ def test_narrow_output_layers_emit_no_convolution():
   strided = Conv(3, 4, 2)   # stride 2 keeps XLA's convolution
   params = strided.init(jax.random.PRNGKey(0), x)
   assert "convolution(" in jax.jit(strided.apply).lower(params, x).compile().as_text()
+  low = Conv(3, 4, 1, param_dtype=jnp.bfloat16)   # and so do bfloat16 parameters
+  params = low.init(jax.random.PRNGKey(0), x)
+  assert "convolution(" in jax.jit(low.apply).lower(params, x).compile().as_text()
 
 
 def test_shift_conv_rejects_an_empty_output():
   with pytest.raises(ValueError, match="no output"):
     shift_conv(jnp.ones((1, 3, 3, 40)), jnp.ones((5, 5, 40, 2)), "VALID")
+
+
+def test_shift_conv_under_shard_map_sums_the_replicated_kernels_cotangent():
+  """In a data-parallel step the kernel is replicated and the images are
+  split: the kernel's gradient is summed over the mesh (as for XLA's
+  convolution), also when only the input gradient is asked for (G's update
+  through D)."""
+  from jax.sharding import PartitionSpec as P
+  mesh = jax.make_mesh((len(jax.devices()),), ("data",))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2 * len(jax.devices()), 6, 6, 32))
+  kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 2))
+  xla = lambda x, kern: jax.lax.conv_general_dilated(
+      x, kern, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  def grads(conv):
+    @jax.jit
+    @jax.shard_map(mesh=mesh, in_specs=(P("data"), P()), out_specs=(P("data"), P()))
+    def f(x, kern):
+      loss = lambda x, kern: jax.lax.psum(jnp.sum(jnp.sin(conv(x, kern))), "data")
+      gx = jax.grad(loss)(x, kern)                   # the input only
+      return gx, jax.grad(loss, argnums=1)(x, kern)  # and the replicated kernel
+    return f(jax.device_put(x, jax.NamedSharding(mesh, P("data"))),
+             jax.device_put(kernel, jax.NamedSharding(mesh, P())))
+  for a, b in zip(grads(lambda x, k: shift_conv(x, k, "SAME")), grads(xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("padding,takes_shift_conv", [
+    ("SAME", True), (((1, 1), (0, 2)), True), (((1, -1), (0, 0)), False), ("CIRCULAR", False),
+    (1, False)])
+def test_which_padding_takes_shift_conv(padding, takes_shift_conv):
+  from gan_jax import layers
+  assert (layers._shift_conv_padding(padding) is not None) == takes_shift_conv

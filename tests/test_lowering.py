@@ -77,7 +77,7 @@ def test_bfloat16_step_for_cuda_has_bfloat16_convolutions_and_no_custom_vjp():
 
 @pytest.mark.parametrize("cls,h,k,s,cin,cout", [
     (layers.ConvTranspose, 7, 4, 2, 48, 40),    # DCGAN up-sampling, wide (im2col phases)
-    (layers.ConvTranspose, 14, 4, 2, 40, 1),    # narrow output layer (XLA conv phases)
+    (layers.ConvTranspose, 14, 4, 2, 40, 1),    # narrow output layer (shift_conv phases)
     (layers.ConvTranspose, 8, 5, 1, 40, 24),    # stride 1
     (layers.ConvTranspose, 8, 5, 2, 24, 3),
     (layers.Conv, 28, 4, 2, 1, 40),              # narrow input (XLA conv)

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gan_jax.layers.shift_conv import shift_conv
+from gan_jax.layers.cotangent import like as _like
+from gan_jax.layers.shift import shift_conv
 
 Array = jax.Array
 
@@ -92,14 +93,6 @@ def _bf16_matmul(x: Array, w: Array) -> Array:
 
 def _bf16_matmul_fwd(x, w):  # x, w: float32
   return _bf16_matmul(x, w), (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-
-
-def _like(ct: Array, primal: Array) -> Array:
-  """Inside shard_map, the cotangent of a value replicated over mesh axes
-  (e.g. weights) is summed over those axes, as JAX's own transpose rules do."""
-  varying = lambda v: set(jax.typeof(v).manual_axis_type.varying)
-  extra = tuple(sorted(varying(ct) - varying(primal)))
-  return jax.lax.psum(ct, extra) if extra else ct
 
 
 def _bf16_matmul_bwd(res, g):
@@ -338,9 +331,10 @@ def im2col_conv(x: Array, kernel: Array, strides: Sequence[int], padding="SAME",
   return matmul(patches, kernel.reshape(kh * kw * cin, cout), dtype)
 
 
-# With few input or output channels an XLA convolution is as fast as im2col
-# (and im2col's patches would be large for little work); with many of both,
-# im2col's derivatives are much faster (WGAN-GP step 1.6 s -> 0.6 s).
+# With few input or output channels im2col's patches would be large for
+# little work (XLA's convolution, or `shift_conv` for a wide input into a
+# narrow output); with many of both, im2col's derivatives are much faster
+# (WGAN-GP step 1.6 s -> 0.6 s).
 _MIN_IM2COL_CHANNELS = 32
 
 
@@ -368,10 +362,11 @@ def _xla_conv(x, kernel, strides, padding):
 
 
 def _narrow_conv(x, kernel, strides, padding):
-  """A float32 convolution with few input or output channels on CPU: a wide
+  """A convolution with few input or output channels on CPU: a float32 wide
   input into a narrow stride-1 output by `shift_conv`, XLA's own otherwise."""
   pads = _shift_conv_padding(padding)
-  if tuple(strides) == (1, 1) and x.shape[-1] >= _MIN_IM2COL_CHANNELS and pads is not None:
+  if (tuple(strides) == (1, 1) and x.shape[-1] >= _MIN_IM2COL_CHANNELS and pads is not None
+      and x.dtype == kernel.dtype == jnp.float32):
     return shift_conv(x, kernel, pads)
   return _xla_conv(x, kernel, strides, padding)
 

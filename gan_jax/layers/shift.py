@@ -22,6 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from gan_jax.layers.cotangent import like
+
 
 def conv_padding(padding, kh: int, kw: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """(lo, hi) padding per spatial axis of a stride-1 convolution."""
@@ -101,7 +103,8 @@ def _backward(padding, residuals, dy):
   dcols = _spread(dy.transpose(3, 0, 1, 2), pads, kh, kw, h, w).reshape(kh * kw * cout, n * h * w)
   dx = jax.lax.dot_general(dcols, _taps_matrix(kernel), (((0,), (0,)), ((), ())))
   dk = (dcols @ x.reshape(n * h * w, cin)).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
-  return dx.reshape(x.shape), dk
+  # Under shard_map a replicated kernel (or input) gets its cotangent summed.
+  return like(dx.reshape(x.shape), x), like(dk, kernel)
 
 
 shift_conv.defvjp(_forward, _backward)
