@@ -257,8 +257,9 @@ class _ConvLike(nn.Module):
 
   @nn.nowrap
   def cpu(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
-    """The convolution on CPU: its matmuls run in `self.dtype`, XLA
-    convolutions in float32 (XLA:CPU's bfloat16 convolutions are slower)."""
+    """The convolution on CPU: its im2col / phase matmuls run in
+    `self.dtype`, the narrow layers (XLA's convolution, `shift_conv`) in
+    float32 (XLA:CPU's bfloat16 convolutions are slower)."""
     raise NotImplementedError
 
   @nn.nowrap
