@@ -10,21 +10,22 @@ r"""Training-speed benchmark: the seed architectures at batch 64 on random data.
 Arguments name seed architectures (fc_gan, dcgan28, dcgan64, lsgan32: the
 experiments fc_gan_mnist, dcgan_fashion_mnist, dcgan_color64, lsgan_cifar10)
 or experiment config files. For each, gan_jax's training step runs the way
-`train` runs it with `data.on_device`: `--steps-per-call` steps fused in one
-compiled call, batches gathered on device from a uint8 array of random
-images. Reported: steady-state ms/step and images/s (median of --repeats
-timings after one warm-up call), compile time, XLA's FLOPs per step (compiled
-cost analysis), achieved GFLOP/s and its fraction of this device's measured
-matmul peak (fp32, and bf16 with fp32 accumulation), and XLA's peak buffer
-memory. `--input N` also times N steps of the tf.data input pipeline alone
-(Fashion-MNIST, for the 28x28x1 models), the host work that `data.on_device`
-removes. `--against torch` runs experiments/tools/torch_reference.py's
-PyTorch models (eager, torch.optim.Adam, BCEWithLogitsLoss) in the same run,
-on the same device (CPU, or CUDA when JAX runs on a GPU), and
-`torch_compile` the same models under `torch.compile`; for `--dtype
-bfloat16` they run under bfloat16 autocast. "vs torch" is gan_jax's
-images/s over eager PyTorch's in the same precision, "vs compile" over
-torch.compile's. `--config.KEY=VALUE` overrides every config.
+`train` runs it with `data.on_device`: the config's `steps_per_call` steps
+(or `--steps-per-call`) fused in one compiled call, batches gathered on
+device from a uint8 array of random images. Reported: steady-state ms/step
+and images/s (median of --repeats timings after one warm-up call), compile
+time, XLA's FLOPs per step (compiled cost analysis), achieved GFLOP/s and its
+fraction of this device's measured matmul peak (fp32, and bf16 with fp32
+accumulation), and XLA's peak buffer memory. `--input N` also times N steps
+of the tf.data input pipeline alone (Fashion-MNIST, for the 28x28x1 models),
+the host work that `data.on_device` removes. `--against torch` runs
+experiments/tools/torch_reference.py's PyTorch models (eager,
+torch.optim.Adam, BCEWithLogitsLoss) in the same run, on the same device
+(CPU, or CUDA when JAX runs on a GPU), and `torch_compile` the same models
+under `torch.compile`; for `--dtype bfloat16` they run under bfloat16
+autocast. "vs torch" is gan_jax's images/s over eager PyTorch's in the same
+precision, "vs compile" over torch.compile's. `--config.KEY=VALUE` overrides
+every config.
 """
 import argparse
 import json
@@ -216,7 +217,8 @@ def main(argv=None):
                       help="batch sizes to run; 0 = each config's own")
   parser.add_argument("--dtype", nargs="+", default=["float32"],
                       choices=["float32", "bfloat16"], help="model.dtype values to run")
-  parser.add_argument("--steps-per-call", type=int, default=5)
+  parser.add_argument("--steps-per-call", type=int, default=0,
+                      help="steps fused per call; 0 = the config's own steps_per_call")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--against", nargs="+", choices=["torch", "torch_compile"], default=[],
                       help="PyTorch references run in the same process (seed names only)")
@@ -237,7 +239,8 @@ def main(argv=None):
     for batch in args.batch:
       for dtype in args.dtype:
         cfg, _ = load_target(target, batch, dtype, overrides)
-        row = bench_jax(cfg, target, args.steps_per_call, args.repeats, args.input)
+        row = bench_jax(cfg, target, args.steps_per_call or cfg.steps_per_call, args.repeats,
+                        args.input)
         row["impl"] = f"gan_jax {dtype}"
         row["peak_fraction"] = row["achieved_gflops"] * 1e9 / (bf16 if dtype == "bfloat16"
                                                                else fp32)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -38,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gan_jax.layers.cotangent import like as _like
+from gan_jax.layers.dots import bf16_matmul, f32_matmul, native_bf16_matmul
 from gan_jax.layers.shift import shift_conv
 
 Array = jax.Array
@@ -81,50 +82,29 @@ def _compute_dtype(dtype):
   return jnp.float32 if dtype is None else jnp.dtype(dtype)
 
 
-def _mixed(a: Array, b: Array, dims) -> Array:
-  return jax.lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), (dims, ((), ())),
-                             preferred_element_type=jnp.float32)
-
-
-@jax.custom_vjp
-def _bf16_matmul(x: Array, w: Array) -> Array:
-  return _mixed(x, w, ((x.ndim - 1,), (0,)))
-
-
-def _bf16_matmul_fwd(x, w):  # x, w: float32
-  return _bf16_matmul(x, w), (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-
-
-def _bf16_matmul_bwd(res, g):
-  x, w = res
-  lead = tuple(range(x.ndim - 1))
-  return (_like(_mixed(g, w, ((g.ndim - 1,), (1,))), x),
-          _like(_mixed(x, g, (lead, lead)), w))
-
-
-_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
-
-
-def _native_bf16_matmul(x: Array, w: Array) -> Array:
-  # bfloat16 in and out (GPU/TPU matmul units accumulate in float32); its
-  # autodiff transposes are bfloat16 dots too.
-  return (x.astype(jnp.bfloat16) @ w.astype(jnp.bfloat16)).astype(jnp.float32)
+# Below this many rows Eigen computes the kernel gradient of `x @ w` as fast
+# as `f32_matmul`'s transposed form, whose copies then cost more than they save.
+_MIN_F32_MATMUL_ROWS = 256
 
 
 def matmul(x: Array, w: Array, dtype=None, lowering: str = "auto") -> Array:
-  """`x @ w` (w 2-D), computed in `dtype`; the result is float32. For
-  bfloat16 on CPU the operands are rounded to bfloat16 and the products
-  accumulate in float32, in the forward and in both backward matmuls:
-  XLA:CPU runs only that form fast (a bfloat16 x bfloat16 -> bfloat16 dot,
-  or one with a float32 operand, as JAX's own transpose rules make, is
-  computed in float32). Elsewhere it is a plain bfloat16 dot."""
+  """`x @ w` (w 2-D), computed in `dtype`; the result is float32. On CPU,
+  float32 with 256 rows or more is `dots.f32_matmul` (its kernel gradient
+  in the form YNNPACK takes); for bfloat16 the operands are rounded to
+  bfloat16 and the products accumulate in float32, in the forward and in
+  both backward matmuls: XLA:CPU runs only that form fast (a bfloat16 x
+  bfloat16 -> bfloat16 dot, or one with a float32 operand, as JAX's own
+  transpose rules make, is computed in float32). Elsewhere it is a plain
+  dot in `dtype`."""
   dtype = _compute_dtype(dtype)
   if dtype not in (jnp.float32, jnp.bfloat16):
     raise ValueError(f"matmul: compute dtype must be float32 or bfloat16, got {dtype}")
   if dtype == jnp.float32:
-    return x @ w
+    if math.prod(x.shape[:-1]) < _MIN_F32_MATMUL_ROWS:
+      return x @ w
+    return by_backend("f32_matmul", lowering, f32_matmul, jnp.matmul, x, w)
   x, w = x.astype(jnp.float32), w.astype(jnp.float32)
-  return by_backend("bf16_matmul", lowering, _bf16_matmul, _native_bf16_matmul, x, w)
+  return by_backend("bf16_matmul", lowering, bf16_matmul, native_bf16_matmul, x, w)
 
 
 def dense_dot_general(dtype, lowering: str = "auto"):
