@@ -112,3 +112,35 @@ def test_gpu_report_marks_failed_references_and_unmeasured_targets(tmp_path):
   assert "| fc_gan batch 64 float32: images/s vs eager PyTorch | 4.00 | >= 2.0 | yes |" in page
   assert "| no_such_arch | 64 | torch.compile fp32 | failed: " in page
   assert "| dcgan28 batch 64: images/s vs eager PyTorch | not measured | >= 2.0 | NO |" in page
+
+
+def test_implementations_take_turns_and_a_failing_one_drops_out():
+  """`take_turns` times every run once per round, in order, so that a slower
+  or faster spell of the shared machine falls on all of them; a run that
+  raises is reported and not called again."""
+  order = []
+
+  def run(name, fail_on=None):
+    def f():
+      order.append(name)
+      if len(order) == fail_on:
+        raise MemoryError("out of memory")
+      return 0.5
+    return f
+  times, errors = bench.take_turns({"a": run("a"), "b": run("b", fail_on=5), "c": run("c")}, 3)
+  assert order == ["a", "b", "c", "a", "b", "c", "a", "c"]
+  assert times == {"a": [0.5] * 3, "b": [0.5], "c": [0.5] * 3}
+  assert list(errors) == ["b"] and isinstance(errors["b"], MemoryError)
+
+
+@pytest.mark.slow
+def test_bench_against_torch_times_both_in_the_same_rounds(tmp_path):
+  pytest.importorskip("torch")
+  out = tmp_path / "bench.json"
+  bench.main(["fc_gan", "--batch", "8", "--repeats", "2", "--against", "torch",
+              "--json", str(out)])
+  jax_row, torch_row = json.load(open(out))["rows"]
+  assert (jax_row["impl"], torch_row["impl"]) == ("gan_jax float32", "torch fp32")
+  assert jax_row["steps_per_call"] == 1   # fc_gan_mnist's own count
+  for r in (jax_row, torch_row):
+    assert np.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0 and r["batch"] == 8

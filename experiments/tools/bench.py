@@ -13,7 +13,9 @@ or experiment config files. For each, gan_jax's training step runs the way
 `train` runs it with `data.on_device`: the config's `steps_per_call` steps
 (or `--steps-per-call`) fused in one compiled call, batches gathered on
 device from a uint8 array of random images. Reported: steady-state ms/step
-and images/s (median of --repeats timings after one warm-up call), compile
+and images/s (median of --repeats timings after one warm-up call; with
+`--against`, gan_jax and the references take turns in every round, so that a
+change in the shared machine's speed falls on all of them alike), compile
 time, XLA's FLOPs per step (compiled cost analysis), achieved GFLOP/s and its
 fraction of this device's measured matmul peak (fp32, and bf16 with fp32
 accumulation), and XLA's peak buffer memory. `--input N` also times N steps
@@ -92,7 +94,24 @@ def _timed(fn, repeats):
   return times
 
 
-def bench_jax(cfg, name, k, repeats, input_steps=0) -> dict:
+def take_turns(runs: dict, repeats: int) -> tuple[dict, dict]:
+  """({key: per-step seconds}, {key: exception}) of each `run` over `repeats`
+  rounds in which they take turns: a change in the shared machine's speed
+  falls on every implementation alike. A run that raises drops out."""
+  times, errors = {key: [] for key in runs}, {}
+  for _ in range(repeats):
+    for key, run in runs.items():
+      if key not in errors:
+        try:
+          times[key].append(run())
+        except Exception as e:  # noqa: BLE001  (e.g. an optional reference out of memory)
+          errors[key] = e
+  return times, errors
+
+
+def prepare_jax(cfg, name, k, input_steps=0) -> tuple[dict, object]:
+  """(row without its timing, run): `run()` runs one call of `k` fused steps
+  (warmed up) and returns the seconds per step."""
   c = components.build_components(cfg)
   mesh = mesh_lib.make_mesh()
   state = components.init_state(cfg, c, mesh)
@@ -113,18 +132,31 @@ def bench_jax(cfg, name, k, repeats, input_steps=0) -> dict:
           - mem.alias_size_in_bytes) if mem is not None else float("nan")
   box = [state]
 
-  def call():
+  def run():
+    t = time.perf_counter()
     box[0], metrics = compiled(box[0], indices, images)
-    return metrics
-  call()  # warm-up
-  dt = statistics.median(_timed(call, repeats)) / k
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t) / k
+  run()  # warm-up
   row = {"name": name, "dtype": cfg.model.dtype, "batch": cfg.batch_size, "d_steps": c.d_steps,
-         "steps_per_call": k, "ms_per_step": 1e3 * dt, "images_per_sec": rows / dt,
-         "compile_s": compile_s, "gflop_per_step": flops / 1e9,
-         "achieved_gflops": flops / dt / 1e9, "peak_memory_mb": peak / 2 ** 20}
+         "steps_per_call": k, "rows_per_step": rows, "compile_s": compile_s,
+         "gflop_per_step": flops / 1e9, "peak_memory_mb": peak / 2 ** 20}
   if input_steps:
     row["input_ms_per_step"] = input_ms_per_step(cfg, c, mesh, input_steps)
-  return row
+  return row, run
+
+
+def jax_timing(row, seconds) -> dict:
+  """`row` of `prepare_jax` with the median of its per-step `seconds`."""
+  dt = statistics.median(seconds)
+  return {**row, "ms_per_step": 1e3 * dt, "images_per_sec": row["rows_per_step"] / dt,
+          "achieved_gflops": row["gflop_per_step"] / dt}
+
+
+def bench_jax(cfg, name, k, repeats, input_steps=0) -> dict:
+  """gan_jax's step alone, `repeats` timed calls of `k` steps."""
+  row, run = prepare_jax(cfg, name, k, input_steps)
+  return jax_timing(row, [run() for _ in range(repeats)])
 
 
 def input_ms_per_step(cfg, c, mesh, n) -> float | None:
@@ -151,28 +183,43 @@ def input_ms_per_step(cfg, c, mesh, n) -> float | None:
 TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}
 
 
-def bench_torch(arch, batch, repeats, dtype="float32", compile=False) -> dict:
-  """PyTorch's step of `arch` on the device JAX uses (CUDA or CPU)."""
+def _torch_impl(dtype, compile):
+  return f"{'torch.compile' if compile else 'torch'} {TORCH_DTYPES[dtype]}"
+
+
+def prepare_torch(arch, batch, dtype="float32", compile=False) -> tuple[dict, object]:
+  """(row without its timing, run) of PyTorch's step of `arch` on the device
+  JAX uses (CUDA or CPU); `run()` times 3 steps (see torch_reference)."""
   sys.path.insert(0, HERE)
   import torch_reference  # noqa: E402  (optional: needs torch)
   device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-  row = torch_reference.time_steps(arch, batch=batch, warmup=3, repeats=repeats, steps=3,
-                                   device=device, compile=compile, bf16=dtype == "bfloat16")
-  impl = "torch.compile" if compile else "torch"
-  row.update(name=arch, dtype=dtype, impl=f"{impl} {TORCH_DTYPES[dtype]}", batch=batch)
-  return row
+  info, run = torch_reference.prepare(arch, batch=batch, warmup=3, steps=3, device=device,
+                                      compile=compile, bf16=dtype == "bfloat16")
+  info.update(name=arch, dtype=dtype, impl=_torch_impl(dtype, compile), batch=batch)
+  return info, run
+
+
+def torch_timing(info, seconds) -> dict:
+  sys.path.insert(0, HERE)
+  import torch_reference  # noqa: E402
+  return torch_reference.summary(info, seconds)
+
+
+def torch_error(arch, batch, dtype, compile, e) -> dict:
+  """The row of a reference that failed (a missing compiler for
+  torch.compile, memory at a large batch): the other rows still count."""
+  return {"name": arch, "dtype": dtype, "impl": _torch_impl(dtype, compile),
+          "batch": batch, "ms_per_step": None, "images_per_sec": None,
+          "error": f"{type(e).__name__}: {e}"[:300]}
 
 
 def torch_row(arch, batch, repeats, dtype, compile) -> dict:
-  """`bench_torch`, or a row that says why it failed (a missing compiler for
-  torch.compile, memory at a large batch): the other rows still count."""
+  """PyTorch's step alone, or the row that says why it failed."""
   try:
-    return bench_torch(arch, batch, repeats, dtype, compile)
+    info, run = prepare_torch(arch, batch, dtype, compile)
+    return torch_timing(info, [run() for _ in range(repeats)])
   except Exception as e:  # noqa: BLE001  (any failure of the optional reference)
-    impl = "torch.compile" if compile else "torch"
-    return {"name": arch, "dtype": dtype, "impl": f"{impl} {TORCH_DTYPES[dtype]}",
-            "batch": batch, "ms_per_step": None, "images_per_sec": None,
-            "error": f"{type(e).__name__}: {e}"[:300]}
+    return torch_error(arch, batch, dtype, compile, e)
 
 
 def _ratio(row, rows, impl):
@@ -239,24 +286,44 @@ def main(argv=None):
     for batch in args.batch:
       for dtype in args.dtype:
         cfg, _ = load_target(target, batch, dtype, overrides)
-        row = bench_jax(cfg, target, args.steps_per_call or cfg.steps_per_call, args.repeats,
-                        args.input)
-        row["impl"] = f"gan_jax {dtype}"
-        row["peak_fraction"] = row["achieved_gflops"] * 1e9 / (bf16 if dtype == "bfloat16"
-                                                               else fp32)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        found = bench_target(cfg, target, args, dtype)
+        for row in found:
+          if row["impl"].startswith("gan_jax"):
+            row["peak_fraction"] = row["achieved_gflops"] * 1e9 / (
+                bf16 if dtype == "bfloat16" else fp32)
+          rows.append(row)
+          print(json.dumps(row), flush=True)
         save(args.json, rows, fp32, bf16)
-        for ref in args.against if target in SEEDS else ():
-          rows.append(torch_row(target, cfg.batch_size, args.repeats, dtype,
-                                compile=ref == "torch_compile"))
-          print(json.dumps(rows[-1]), flush=True)
-          save(args.json, rows, fp32, bf16)
   table = markdown_table(rows)
   print("\n" + table)
   if args.markdown:
     with open(args.markdown, "w") as f:
       f.write(header + "\n\n" + table + "\n")
+
+
+def bench_target(cfg, target, args, dtype) -> list[dict]:
+  """gan_jax's row and, for a seed, each `--against` reference's, timed in
+  turns (`take_turns`) after all of them compiled and warmed up."""
+  k = args.steps_per_call or cfg.steps_per_call
+  row, run = prepare_jax(cfg, target, k, args.input)
+  runs, refs = {"gan_jax": run}, {}
+  for ref in args.against if target in SEEDS else ():
+    compile = ref == "torch_compile"
+    try:
+      refs[ref], runs[ref] = prepare_torch(target, cfg.batch_size, dtype, compile)
+    except Exception as e:  # noqa: BLE001  (any failure of the optional reference)
+      refs[ref] = torch_error(target, cfg.batch_size, dtype, compile, e)
+  times, errors = take_turns(runs, args.repeats)
+  if "gan_jax" in errors:
+    raise errors["gan_jax"]
+  found = [{**jax_timing(row, times["gan_jax"]), "impl": f"gan_jax {dtype}"}]
+  for ref, info in refs.items():
+    if ref in errors:
+      info = torch_error(target, cfg.batch_size, dtype, ref == "torch_compile", errors[ref])
+    elif ref in runs:
+      info = torch_timing(info, times[ref])
+    found.append(info)
+  return found
 
 
 def save(path, rows, fp32, bf16) -> None:

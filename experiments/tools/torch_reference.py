@@ -167,12 +167,11 @@ class TorchGAN:
     return d_loss.detach(), g_loss.detach()
 
 
-def time_steps(name, batch=64, warmup=3, repeats=5, steps=5, device="cpu", compile=False,
-               bf16=False):
-  """Median ms/step over `repeats` timings of `steps` training steps each,
-  after `warmup` steps (their time: `compile_s`, the first compiles), on
-  uniform [-1, 1] 'real' data, with torch's default thread count; also the
-  fastest and slowest repeat and the models' sizes."""
+def prepare(name, batch=64, warmup=3, steps=5, device="cpu", compile=False, bf16=False):
+  """(info, run) for `name`'s PyTorch training: `run()` trains `steps` steps
+  on uniform [-1, 1] 'real' data and returns the seconds per step, after
+  `warmup` steps (their time: info's `compile_s`, the first compiles), with
+  torch's default thread count."""
   if torch.device(device).type == "cuda":
     # TF32 for fp32 matmuls and convolutions, as XLA:GPU's default precision uses.
     torch.set_float32_matmul_precision("high")
@@ -180,25 +179,36 @@ def time_steps(name, batch=64, warmup=3, repeats=5, steps=5, device="cpu", compi
   gan = TorchGAN(name, batch, device, compile, bf16)
   real = torch.rand(batch, *gan.shape, device=gan.device) * 2 - 1
   sync = torch.cuda.synchronize if gan.device.type == "cuda" else (lambda: None)
-  t = time.perf_counter()
-  for _ in range(warmup):
-    gan.step(real)
-  sync()
-  warmup_s = time.perf_counter() - t
-  times = []
-  for _ in range(repeats):
+
+  def run():
     t = time.perf_counter()
     for _ in range(steps):
       gan.step(real)
     sync()
-    times.append((time.perf_counter() - t) / steps)
-  ms = 1e3 * statistics.median(times)
-  return {"name": name, "config": SEEDS[name], "batch": batch, "device": str(gan.device),
-          "compiled": compile, "autocast_bf16": bf16, "compile_s": warmup_s,
-          "threads": torch.get_num_threads(), "ms_per_step": ms,
-          "ms_min": 1e3 * min(times), "ms_max": 1e3 * max(times),
-          "images_per_sec": batch / (ms / 1e3),
-          "g_params": _count(gan.g), "d_params": _count(gan.d)}
+    return (time.perf_counter() - t) / steps
+  t = time.perf_counter()
+  for _ in range(warmup):
+    gan.step(real)
+  sync()
+  info = {"name": name, "config": SEEDS[name], "batch": batch, "device": str(gan.device),
+          "compiled": compile, "autocast_bf16": bf16, "compile_s": time.perf_counter() - t,
+          "threads": torch.get_num_threads(), "g_params": _count(gan.g), "d_params": _count(gan.d)}
+  return info, run
+
+
+def summary(info, seconds) -> dict:
+  """`info` with the median, fastest and slowest of the per-step `seconds`."""
+  ms = 1e3 * statistics.median(seconds)
+  return {**info, "ms_per_step": ms, "ms_min": 1e3 * min(seconds),
+          "ms_max": 1e3 * max(seconds), "images_per_sec": info["batch"] / (ms / 1e3)}
+
+
+def time_steps(name, batch=64, warmup=3, repeats=5, steps=5, device="cpu", compile=False,
+               bf16=False):
+  """Median ms/step over `repeats` timings of `steps` training steps each
+  (see `prepare`); also the fastest and slowest repeat and the models' sizes."""
+  info, run = prepare(name, batch, warmup, steps, device, compile, bf16)
+  return summary(info, [run() for _ in range(repeats)])
 
 
 if __name__ == "__main__":
