@@ -51,6 +51,20 @@ SEEDS = {"fc_gan": "fc_gan_mnist", "dcgan28": "dcgan_fashion_mnist",
 # experiment trains it at half that width.
 SEED_OVERRIDES = {"dcgan28": {"model.kwargs.g_features": "256"}}
 
+# glibc's malloc told to keep the memory it frees (the README's "Speed
+# options"): both gan_jax and PyTorch then run without re-faulting their
+# freed temporaries every step, whichever of them ran first.
+KEEP_FREED_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                     "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+
+
+def _reexec_keeping_freed_memory():
+  """This command again with KEEP_FREED_MEMORY set (Linux; a variable set
+  already is kept; GAN_JAX_SYSTEM_MALLOC=1 measures with glibc's defaults)."""
+  missing = {k: v for k, v in KEEP_FREED_MEMORY.items() if k not in os.environ}
+  if sys.platform == "linux" and missing and os.environ.get("GAN_JAX_SYSTEM_MALLOC") != "1":
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
+
 
 def seed_config(name, overrides=None):
   """The completed config of seed architecture `name` ({'a.b': 'text'}
@@ -277,9 +291,10 @@ def main(argv=None):
   overrides = cli._split_overrides(extra, parser)
 
   fp32, bf16 = matmul_peak(jnp.float32), matmul_peak(jnp.bfloat16)
+  malloc = " ".join(f"{k}={os.environ[k]}" for k in KEEP_FREED_MEMORY if k in os.environ)
   header = (f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
             f"({jax.default_backend()}); measured matmul peak {fp32 / 1e9:,.0f} GFLOP/s fp32, "
-            f"{bf16 / 1e9:,.0f} GFLOP/s bf16")
+            f"{bf16 / 1e9:,.0f} GFLOP/s bf16; malloc: {malloc or 'glibc defaults'}")
   print(header, flush=True)
   rows = []
   for target in args.targets:
@@ -335,4 +350,5 @@ def save(path, rows, fp32, bf16) -> None:
 
 
 if __name__ == "__main__":
+  _reexec_keeping_freed_memory()
   sys.exit(main())
