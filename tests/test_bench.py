@@ -95,6 +95,15 @@ def test_gpu_check_script_runs_every_stage_without_tensorflow(tmp_path):
     assert "| fc_gan | 8 | torch bf16 |" in page
 
 
+def failed_reference(arch, batch, dtype, compile):
+  """The row bench.py writes for a PyTorch reference that fails to set up."""
+  try:
+    bench.prepare_torch(arch, batch, dtype, compile)
+  except Exception as e:  # noqa: BLE001  (whatever the failure, it becomes the row)
+    return bench.torch_error(arch, batch, dtype, compile, e)
+  raise AssertionError(f"{arch} set up")
+
+
 def test_gpu_report_marks_failed_references_and_unmeasured_targets(tmp_path):
   """A PyTorch reference that failed is a row saying why; a target without
   its rows is 'not measured' and not met, never left out."""
@@ -104,7 +113,7 @@ def test_gpu_report_marks_failed_references_and_unmeasured_targets(tmp_path):
          "achieved_gflops": 500.0, "peak_memory_mb": 10.0, "peak_fraction": 0.5}
   rows = [{**row, "impl": "gan_jax float32"},
           {**row, "impl": "torch fp32", "images_per_sec": 8000.0},
-          bench.torch_row("no_such_arch", 64, 1, "float32", compile=True)]
+          failed_reference("no_such_arch", 64, "float32", compile=True)]
   path = tmp_path / "small.json"
   path.write_text(json.dumps({"device": "test", "matmul_peak_gflops":
                               {"float32": 1000.0, "bfloat16": 2000.0}, "rows": rows}))
@@ -115,9 +124,9 @@ def test_gpu_report_marks_failed_references_and_unmeasured_targets(tmp_path):
 
 
 def test_implementations_take_turns_and_a_failing_one_drops_out():
-  """`take_turns` times every run once per round, in order, so that a slower
-  or faster spell of the shared machine falls on all of them; a run that
-  raises is reported and not called again."""
+  """`take_turns` times every run once per round, so that a slower or faster
+  spell of the shared machine falls on all of them; a run that raises is
+  reported and not called again."""
   order = []
 
   def run(name, fail_on=None):
@@ -127,10 +136,14 @@ def test_implementations_take_turns_and_a_failing_one_drops_out():
         raise MemoryError("out of memory")
       return 0.5
     return f
-  times, errors = bench.take_turns({"a": run("a"), "b": run("b", fail_on=5), "c": run("c")}, 3)
-  assert order == ["a", "b", "c", "a", "b", "c", "a", "c"]
+  times, errors = bench.take_turns({"a": run("a"), "b": run("b", fail_on=4), "c": run("c")}, 3)
+  assert order == ["a", "b", "c", "b", "c", "a", "c", "a"]   # each round starts one later
   assert times == {"a": [0.5] * 3, "b": [0.5], "c": [0.5] * 3}
   assert list(errors) == ["b"] and isinstance(errors["b"], MemoryError)
+  order.clear()   # a required run that fails ends the rounds
+  times, errors = bench.take_turns({"a": run("a", fail_on=4), "b": run("b")}, 3,
+                                   required=("a",))
+  assert order == ["a", "b", "b", "a"] and list(errors) == ["a"]
 
 
 @pytest.mark.slow

@@ -29,14 +29,14 @@ def test_f32_matmul_equals_matmul_to_second_order(x_shape):
 def _row_contracting_dots(hlo: str) -> list[str]:
   """Dots whose left operand contracts its rows (axis 0): XLA:CPU runs those
   in Eigen, not YNNPACK."""
-  return [l for l in hlo.splitlines() if " dot(" in l and re.search(r"lhs_contracting_dims=\{0\}", l)]
+  return [l for l in hlo.splitlines() if " dot(" in l and re.search(r"lhs_contracting_dims=\{0[,}]", l)]
 
 
 def test_wide_layers_kernel_gradients_are_not_row_contractions():
   """The kernel gradient of an im2col / phase matmul is computed as (g^T x)^T,
   which XLA:CPU gives to YNNPACK; with fewer than 256 rows it stays autodiff's
   x^T g."""
-  x = jnp.ones((8, 14, 14, 48))   # 1568 and 2048 im2col rows
+  x = jnp.ones((8, 14, 14, 48))   # 392 im2col rows, 1800 on the phase grid
   for layer in (Conv(64, 4, 2), ConvTranspose(64, 4, 2)):
     params = layer.init(jax.random.PRNGKey(0), x)
     step = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2)))
@@ -68,3 +68,12 @@ def test_f32_matmul_under_shard_map_sums_the_replicated_kernels_cotangent():
              jax.device_put(w, jax.NamedSharding(mesh, P())))
   for a, b in zip(grads(dots.f32_matmul), grads(lambda x, w: x @ w)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+
+
+def test_f32_matmul_is_taken_by_float32_operands_only():
+  """A bfloat16 operand keeps `x @ w`, whose gradients keep the operands'
+  dtypes."""
+  from gan_jax import layers
+  x, w = jnp.ones((300, 8), jnp.bfloat16), jnp.ones((8, 4), jnp.float32)
+  gx, gw = jax.grad(lambda x, w: jnp.sum(layers.matmul(x, w)), (0, 1))(x, w)
+  assert (gx.dtype, gw.dtype) == (jnp.bfloat16, jnp.float32)

@@ -16,7 +16,7 @@ from conftest import DEFAULT_EXPERIMENT, small_config, step_setup
 
 pytestmark = pytest.mark.usefixtures("no_local_idx_files")
 
-_SCOPE = re.compile(r"\b(cpu|native)_(convtranspose|conv|bf16_matmul)\b")
+_SCOPE = re.compile(r"\b(cpu|native)_(convtranspose|conv|bf16_matmul|f32_matmul)\b")
 
 
 def _lowered_step(cfg, platform):

@@ -36,6 +36,24 @@ import statistics
 import sys
 import time
 
+# glibc's malloc told to keep the memory it frees (the README's "Speed
+# options"): both gan_jax and PyTorch then run without re-faulting their
+# freed temporaries every step, whichever of them ran first.
+KEEP_FREED_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                     "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+
+
+def reexec_keeping_freed_memory():
+  """This command again with KEEP_FREED_MEMORY set (Linux; a variable set
+  already is kept; GAN_JAX_SYSTEM_MALLOC=1 measures with glibc's defaults)."""
+  missing = {k: v for k, v in KEEP_FREED_MEMORY.items() if k not in os.environ}
+  if sys.platform == "linux" and missing and os.environ.get("GAN_JAX_SYSTEM_MALLOC") != "1":
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
+
+
+if __name__ == "__main__":   # before the imports below, which it would repeat
+  reexec_keeping_freed_memory()
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,20 +68,6 @@ SEEDS = {"fc_gan": "fc_gan_mnist", "dcgan28": "dcgan_fashion_mnist",
 # resize: dcgan28 is TensorFlow's DCGAN-tutorial G (256 wide), the default
 # experiment trains it at half that width.
 SEED_OVERRIDES = {"dcgan28": {"model.kwargs.g_features": "256"}}
-
-# glibc's malloc told to keep the memory it frees (the README's "Speed
-# options"): both gan_jax and PyTorch then run without re-faulting their
-# freed temporaries every step, whichever of them ran first.
-KEEP_FREED_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                     "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-
-
-def _reexec_keeping_freed_memory():
-  """This command again with KEEP_FREED_MEMORY set (Linux; a variable set
-  already is kept; GAN_JAX_SYSTEM_MALLOC=1 measures with glibc's defaults)."""
-  missing = {k: v for k, v in KEEP_FREED_MEMORY.items() if k not in os.environ}
-  if sys.platform == "linux" and missing and os.environ.get("GAN_JAX_SYSTEM_MALLOC") != "1":
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
 
 
 def seed_config(name, overrides=None):
@@ -108,18 +112,21 @@ def _timed(fn, repeats):
   return times
 
 
-def take_turns(runs: dict, repeats: int) -> tuple[dict, dict]:
+def take_turns(runs: dict, repeats: int, required=()) -> tuple[dict, dict]:
   """({key: per-step seconds}, {key: exception}) of each `run` over `repeats`
-  rounds in which they take turns: a change in the shared machine's speed
-  falls on every implementation alike. A run that raises drops out."""
-  times, errors = {key: [] for key in runs}, {}
-  for _ in range(repeats):
-    for key, run in runs.items():
+  rounds in which they take turns, starting one later each round: a change
+  in the shared machine's speed falls on every implementation alike. A run
+  that raises drops out; one of the `required` ends the rounds."""
+  times, errors, keys = {key: [] for key in runs}, {}, list(runs)
+  for r in range(repeats):
+    for key in keys[r % len(keys):] + keys[:r % len(keys)]:
       if key not in errors:
         try:
-          times[key].append(run())
+          times[key].append(runs[key]())
         except Exception as e:  # noqa: BLE001  (e.g. an optional reference out of memory)
           errors[key] = e
+          if key in required:
+            return times, errors
   return times, errors
 
 
@@ -167,12 +174,6 @@ def jax_timing(row, seconds) -> dict:
           "achieved_gflops": row["gflop_per_step"] / dt}
 
 
-def bench_jax(cfg, name, k, repeats, input_steps=0) -> dict:
-  """gan_jax's step alone, `repeats` timed calls of `k` steps."""
-  row, run = prepare_jax(cfg, name, k, input_steps)
-  return jax_timing(row, [run() for _ in range(repeats)])
-
-
 def input_ms_per_step(cfg, c, mesh, n) -> float | None:
   """Host time per step of the TFDS pipeline (read, shuffle, normalise,
   batch, shard to device) alone, on Fashion-MNIST (28x28x1 models only)."""
@@ -204,19 +205,23 @@ def _torch_impl(dtype, compile):
 def prepare_torch(arch, batch, dtype="float32", compile=False) -> tuple[dict, object]:
   """(row without its timing, run) of PyTorch's step of `arch` on the device
   JAX uses (CUDA or CPU); `run()` times 3 steps (see torch_reference)."""
-  sys.path.insert(0, HERE)
-  import torch_reference  # noqa: E402  (optional: needs torch)
   device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-  info, run = torch_reference.prepare(arch, batch=batch, warmup=3, steps=3, device=device,
+  info, run = _torch_reference().prepare(arch, batch=batch, warmup=3, steps=3, device=device,
                                       compile=compile, bf16=dtype == "bfloat16")
   info.update(name=arch, dtype=dtype, impl=_torch_impl(dtype, compile), batch=batch)
   return info, run
 
 
 def torch_timing(info, seconds) -> dict:
-  sys.path.insert(0, HERE)
+  return _torch_reference().summary(info, seconds)
+
+
+def _torch_reference():
+  """experiments/tools/torch_reference.py (optional: needs torch)."""
+  if HERE not in sys.path:
+    sys.path.insert(0, HERE)
   import torch_reference  # noqa: E402
-  return torch_reference.summary(info, seconds)
+  return torch_reference
 
 
 def torch_error(arch, batch, dtype, compile, e) -> dict:
@@ -225,15 +230,6 @@ def torch_error(arch, batch, dtype, compile, e) -> dict:
   return {"name": arch, "dtype": dtype, "impl": _torch_impl(dtype, compile),
           "batch": batch, "ms_per_step": None, "images_per_sec": None,
           "error": f"{type(e).__name__}: {e}"[:300]}
-
-
-def torch_row(arch, batch, repeats, dtype, compile) -> dict:
-  """PyTorch's step alone, or the row that says why it failed."""
-  try:
-    info, run = prepare_torch(arch, batch, dtype, compile)
-    return torch_timing(info, [run() for _ in range(repeats)])
-  except Exception as e:  # noqa: BLE001  (any failure of the optional reference)
-    return torch_error(arch, batch, dtype, compile, e)
 
 
 def _ratio(row, rows, impl):
@@ -328,7 +324,7 @@ def bench_target(cfg, target, args, dtype) -> list[dict]:
       refs[ref], runs[ref] = prepare_torch(target, cfg.batch_size, dtype, compile)
     except Exception as e:  # noqa: BLE001  (any failure of the optional reference)
       refs[ref] = torch_error(target, cfg.batch_size, dtype, compile, e)
-  times, errors = take_turns(runs, args.repeats)
+  times, errors = take_turns(runs, args.repeats, required=("gan_jax",))
   if "gan_jax" in errors:
     raise errors["gan_jax"]
   found = [{**jax_timing(row, times["gan_jax"]), "impl": f"gan_jax {dtype}"}]
@@ -350,5 +346,4 @@ def save(path, rows, fp32, bf16) -> None:
 
 
 if __name__ == "__main__":
-  _reexec_keeping_freed_memory()
   sys.exit(main())

@@ -34,7 +34,7 @@ if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
 else
   archs="fc_gan dcgan28 dcgan64 lsgan32"; big=dcgan64; sweep_archs="fc_gan dcgan28"
   small=64; large=1024; members=8
-  quick=(--steps-per-call 5)   # as before the configs' own counts (fc_gan's 1 is for CPU)
+  quick=(--steps-per-call 5)   # on the GPU 5 fused steps for every model (the configs' 1s are for CPU)
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}   # fail at once if JAX cannot use the GPU
 fi
 "$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'

@@ -11,6 +11,12 @@ one on every backend.
 matmul, whose higher derivatives (gradient penalties) stay fast on XLA:CPU;
 a wide input into a narrow stride-1 output (an image layer) by `shift_conv`.
 
+On CPU the im2col and phase matmuls (float32 with 256 rows or more, and
+bfloat16) are custom VJPs from `dots`, whose backward passes take the forms
+XLA:CPU runs fastest; like `shift_conv`, they support reverse-mode
+derivatives to any order but not forward mode (`jax.jvp`, `jax.hessian`;
+`lowering='native'` has no such limit).
+
 `ConvTranspose` computes exactly what `flax.linen.ConvTranspose` computes
 (same parameters, same output) but as one ordinary convolution followed by a
 phase interleave ("depth-to-space"). On XLA:CPU the gradient of a transposed
@@ -100,7 +106,7 @@ def matmul(x: Array, w: Array, dtype=None, lowering: str = "auto") -> Array:
   if dtype not in (jnp.float32, jnp.bfloat16):
     raise ValueError(f"matmul: compute dtype must be float32 or bfloat16, got {dtype}")
   if dtype == jnp.float32:
-    if math.prod(x.shape[:-1]) < _MIN_F32_MATMUL_ROWS:
+    if math.prod(x.shape[:-1]) < _MIN_F32_MATMUL_ROWS or not x.dtype == w.dtype == jnp.float32:
       return x @ w
     return by_backend("f32_matmul", lowering, f32_matmul, jnp.matmul, x, w)
   x, w = x.astype(jnp.float32), w.astype(jnp.float32)

@@ -9,6 +9,8 @@ slower at convolution sizes (the README's speed section has the figures).
 optimisation barriers keep XLA from folding the transposes back into the
 dot. `bf16_matmul` rounds the operands to bfloat16 and accumulates in
 float32, forward and backward: XLA:CPU runs only that bfloat16 form fast.
+Being custom VJPs, both take reverse-mode derivatives to any order, not
+forward mode.
 """
 from __future__ import annotations
 
