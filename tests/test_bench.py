@@ -147,7 +147,7 @@ def test_implementations_take_turns_and_a_failing_one_drops_out():
 
 
 @pytest.mark.slow
-def test_bench_against_torch_times_both_in_the_same_rounds(tmp_path):
+def test_bench_against_torch_reports_both_rows_at_the_configs_steps_per_call(tmp_path):
   pytest.importorskip("torch")
   out = tmp_path / "bench.json"
   bench.main(["fc_gan", "--batch", "8", "--repeats", "2", "--against", "torch",
