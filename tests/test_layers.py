@@ -66,14 +66,15 @@ def test_bad_input_rank():
 
 
 _SHAPES = [(28, 4, 2, "SAME"), (14, 4, 2, "SAME"), (9, 5, 2, "SAME"), (8, 3, 1, "SAME"),
-           (9, 4, 2, "VALID"), (7, 4, 2, "SAME")]  # the last: odd SAME padding (1, 2)
+           (9, 4, 2, "VALID"), (7, 4, 2, "SAME"),  # odd SAME padding (1, 2)
+           (8, 5, 1, "SAME")]  # wide: XLA's convolution (5x5, stride 1)
 
 
 # Narrow inputs take XLA's conv, wide ones im2col: every shape narrow, one
 # wide in the default suite, the other wide ones in the slow suite.
 @pytest.mark.parametrize("h,k,s,padding,cin,cout", [
     (*shape, 5, 7) for shape in _SHAPES] + [
-    (*shape, 40, 40) if shape[:2] == (14, 4) else pytest.param(*shape, 40, 40, marks=pytest.mark.slow)
+    (*shape, 40, 40) if shape[:2] in ((14, 4), (8, 5)) else pytest.param(*shape, 40, 40, marks=pytest.mark.slow)
     for shape in _SHAPES])
 def test_conv_equals_flax_conv_to_second_order(h, k, s, padding, cin, cout):
   """Same output, input gradient and gradient of the input-gradient norm
@@ -140,6 +141,35 @@ def test_narrow_output_layers_emit_no_convolution():
   low = Conv(3, 4, 1, param_dtype=jnp.bfloat16)   # and so do bfloat16 parameters
   params = low.init(jax.random.PRNGKey(0), x)
   assert "convolution(" in jax.jit(low.apply).lower(params, x).compile().as_text()
+
+
+def _cpu_ops(layer, x):
+  params = layer.init(jax.random.PRNGKey(0), x)
+  step = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1)))
+  hlo = step.lower(params, x).compile().as_text()
+  return "convolution(" in hlo, "dot(" in hlo
+
+
+def test_wide_stride_1_layers_with_a_5x5_window_take_xla_convolution():
+  """im2col's patches grow with the window: from 5x5 (stride 1, float32) the
+  CPU path is XLA's convolution, below it (and in bfloat16) matmuls."""
+  x = jnp.ones((2, 8, 8, 40))
+  assert _cpu_ops(Conv(40, 5, 1), x) == (True, False)
+  assert _cpu_ops(ConvTranspose(40, 5, 1), x) == (True, False)
+  assert _cpu_ops(Conv(40, 3, 1), x) == (False, True)
+  assert _cpu_ops(ConvTranspose(40, 4, 2), x) == (False, True)   # a 2x2 phase window
+  assert _cpu_ops(Conv(40, 5, 2), x) == (False, True)
+  assert _cpu_ops(Conv(40, 5, 1, dtype=jnp.bfloat16), x)[1]
+  # Same output and gradients as flax's transposed convolution.
+  ref = nn.ConvTranspose(40, (5, 5), (1, 1), "SAME")
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 40))
+  params = ref.init(jax.random.PRNGKey(1), x)
+  fast = ConvTranspose(40, 5, 1)
+  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), atol=1e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(fast), (0, 1))(params, x)),
+                  jax.tree.leaves(jax.grad(loss(ref), (0, 1))(params, x))):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_shift_conv_rejects_an_empty_output():

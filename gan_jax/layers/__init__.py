@@ -9,7 +9,9 @@ one on every backend.
 
 `Conv` is `flax.linen.Conv` computed, for wide inputs, as slices + one
 matmul, whose higher derivatives (gradient penalties) stay fast on XLA:CPU;
-a wide input into a narrow stride-1 output (an image layer) by `shift_conv`.
+a wide input into a narrow stride-1 output (an image layer) by `shift_conv`;
+a wide stride-1 float32 conv with an odd window of 5x5 or more (whose patches
+would be large) by XLA's own convolution, fast there to every order.
 
 On CPU the im2col and phase matmuls (float32 with 256 rows or more, and
 bfloat16) are custom VJPs from `dots`, whose backward passes take the forms
@@ -141,6 +143,17 @@ def _transpose_padding(k: int, s: int, padding) -> tuple[int, int]:
 # patches many times their input for little work: they run as `_narrow_conv`.
 _MAX_CONV_FEATURES = 32
 
+# im2col's patches grow with the window: a float32 stride-1 convolution with
+# a 5x5 window or larger runs faster as XLA's own convolution (forward, both
+# gradients and a gradient penalty's second order; smaller windows the other
+# way, and even windows hit XLA:CPU's slow kernel gradient).
+_MIN_NATIVE_TAPS = 25
+
+
+def _native_is_faster(kh: int, kw: int, strides, dtype) -> bool:
+  return (tuple(strides) == (1, 1) and kh * kw >= _MIN_NATIVE_TAPS and kh % 2 == kw % 2 == 1
+          and _compute_dtype(dtype) == jnp.float32)
+
 
 @dataclasses.dataclass(frozen=True)
 class _PhasePlan:
@@ -230,6 +243,8 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
   hc, wc = ph.per_phase + max(ph.shifts), pw.per_phase + max(pw.shifts)
   if dense.shape[-1] <= _MAX_CONV_FEATURES:
     y = _narrow_conv(x, dense, (1, 1), [pad_h, pad_w])
+  elif _native_is_faster(ph.window, pw.window, (1, 1), dtype):
+    y = _xla_conv(x, dense, (1, 1), [pad_h, pad_w])
   else:
     # im2col + one matmul: XLA:CPU computes the kernel gradient of a wide,
     # small even-sized conv ~40x slower than the equivalent matmul.
@@ -360,6 +375,8 @@ class Conv(_ConvLike):
   @nn.nowrap
   def cpu(self, x, kernel, strides):
     if x.shape[-1] >= _MIN_IM2COL_CHANNELS and kernel.shape[-1] > _MAX_CONV_FEATURES:
+      if _native_is_faster(*kernel.shape[:2], strides, self.dtype):
+        return _xla_conv(x, kernel, strides, self.padding)
       return im2col_conv(x, kernel, strides, self.padding, self.dtype)
     return _narrow_conv(x, kernel, strides, self.padding)
 
