@@ -15,7 +15,7 @@ CASES = [  # (input H, W, kernel, stride, padding)
     (6, 6, 3, 3, "VALID"),
     (5, 5, 2, 2, "SAME"),
     (4, 5, 4, 2, ((1, 2), (2, 1))),
-    (4, 5, 1, 2, ((3, 3), (3, 3))),  # phases no slot order fits: interleaved by stacking
+    (4, 5, 1, 2, ((3, 3), (3, 3))),  # kernel narrower than the stride: an empty phase whose outputs lie beyond the grid
 ]
 
 
@@ -160,6 +160,7 @@ def test_wide_stride_1_layers_with_a_5x5_window_take_xla_convolution():
   assert _cpu_ops(ConvTranspose(40, 4, 2), x) == (False, True)   # a 2x2 phase window
   assert _cpu_ops(Conv(40, 5, 2), x) == (False, True)
   assert _cpu_ops(Conv(40, 5, 1, dtype=jnp.bfloat16), x)[1]
+  assert _cpu_ops(Conv(40, 5, 1, param_dtype=jnp.bfloat16), x)[1]   # bfloat16 operands
   # Same output and gradients as flax's transposed convolution.
   ref = nn.ConvTranspose(40, (5, 5), (1, 1), "SAME")
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 40))

@@ -150,9 +150,10 @@ _MAX_CONV_FEATURES = 32
 _MIN_NATIVE_TAPS = 25
 
 
-def _native_is_faster(kh: int, kw: int, strides, dtype) -> bool:
+def _native_is_faster(kh: int, kw: int, strides, dtype, *operands) -> bool:
   return (tuple(strides) == (1, 1) and kh * kw >= _MIN_NATIVE_TAPS and kh % 2 == kw % 2 == 1
-          and _compute_dtype(dtype) == jnp.float32)
+          and _compute_dtype(dtype) == jnp.float32
+          and all(a.dtype == jnp.float32 for a in operands))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,22 +196,25 @@ def _plan(in_len: int, k: int, s: int, padding) -> _PhasePlan:
   return _PhasePlan(out_len, per_phase, window, (lo, hi), shifts, taps)
 
 
-def _slots(plan: _PhasePlan, s: int) -> tuple[tuple[int, ...], int] | None:
+def _slots(plan: _PhasePlan, k: int, s: int) -> tuple[tuple[int, ...], int]:
   """(phase in each channel slot, offset) such that the shared conv's
   output, its phases stored in that slot order, is the transposed conv's
-  output when flattened (grid row, slot) and started at the offset; None if
-  the shifts allow no such order.
+  output when flattened (grid row, slot) and started at the offset.
 
   Phase p's output o = s*(m - shift_p) + p sits at grid row m; in slot
   j_p = p - s*shift_p + offset its flat index s*m + j_p is o + offset. The
-  slots are distinct (p differ mod s) and must lie in [0, s)."""
-  keys = [p - s * plan.shifts[p] for p in range(s)]
-  offset = -min(keys)
-  if max(keys) + offset >= s:
-    return None
+  slots differ (p differ mod s) and lie in [0, s): for a phase with taps,
+  p - s*shift_p is in (pad_lo - s, pad_lo]. A phase with no taps (kernel
+  narrower than the stride) is zeros: it takes the slot of its residue, and
+  its outputs may fall outside the grid (a negative offset)."""
+  keys = {p: p - s * plan.shifts[p] for p in range(s) if (plan.taps[p] < k).any()}
+  offset = -min(keys.values())
   order = [0] * s
-  for p, k in enumerate(keys):
-    order[k + offset] = p
+  for p, key in keys.items():
+    order[key + offset] = p
+  for p in range(s):
+    if p not in keys:
+      order[(p + offset) % s] = p
   return tuple(order), offset
 
 
@@ -224,11 +228,9 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
   pads = padding if isinstance(padding, str) else list(padding)
   ph = _plan(x.shape[1], kh, sh, pads if isinstance(pads, str) else pads[0])
   pw = _plan(x.shape[2], kw, sw, pads if isinstance(pads, str) else pads[1])
-  # Phases in slot order (see `_slots`) let the interleave be a transpose and
-  # a crop instead of a stack of shifted slices (one copy less).
-  slots = _slots(ph, sh), _slots(pw, sw)
-  flat = None not in slots
-  order_h, order_w = (slots[0][0], slots[1][0]) if flat else (range(sh), range(sw))
+  # Phases in slot order (see `_slots`) make the interleave a transpose and
+  # a crop, not a stack of shifted slices (one copy of the output less).
+  (order_h, off_h), (order_w, off_w) = _slots(ph, kh, sh), _slots(pw, kw, sw)
   # Gather the per-phase dense kernels; index k (h) / kw (w) is an appended zero tap.
   kz = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
   taps_h, taps_w = ph.taps[list(order_h)], pw.taps[list(order_w)]
@@ -243,7 +245,7 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
   hc, wc = ph.per_phase + max(ph.shifts), pw.per_phase + max(pw.shifts)
   if dense.shape[-1] <= _MAX_CONV_FEATURES:
     y = _narrow_conv(x, dense, (1, 1), [pad_h, pad_w])
-  elif _native_is_faster(ph.window, pw.window, (1, 1), dtype):
+  elif _native_is_faster(ph.window, pw.window, (1, 1), dtype, x, dense):
     y = _xla_conv(x, dense, (1, 1), [pad_h, pad_w])
   else:
     # im2col + one matmul: XLA:CPU computes the kernel gradient of a wide,
@@ -253,19 +255,11 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
                                for j in range(pw.window)], axis=-1)
     y = matmul(patches, dense.reshape(-1, dense.shape[-1]), dtype)
   b = y.shape[0]
-  y = y.reshape(b, y.shape[1], y.shape[2], sh, sw, cout)
-  if flat:
-    (_, off_h), (_, off_w) = slots
-    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, hc * sh, wc * sw, cout)
-    return y[:, off_h:off_h + ph.out_len, off_w:off_w + pw.out_len]
-  rows = []  # each phase from the rows/cols of the shared output it starts at
-  for i in range(sh):
-    cols = [y[:, ph.shifts[i]:ph.shifts[i] + ph.per_phase,
-              pw.shifts[j]:pw.shifts[j] + pw.per_phase, i, j] for j in range(sw)]
-    rows.append(jnp.stack(cols, axis=3))
-  y = jnp.stack(rows, axis=3)                      # b, Mh, Mw, sh, sw, c
-  y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, ph.per_phase * sh, pw.per_phase * sw, cout)
-  return y[:, :ph.out_len, :pw.out_len]
+  y = y.reshape(b, hc, wc, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, hc * sh, wc * sw, cout)
+  # A crop, or zeros where an empty phase's outputs fall outside the grid.
+  return jax.lax.pad(y, jnp.zeros((), y.dtype), (
+      (0, 0, 0), (-off_h, off_h + ph.out_len - hc * sh, 0),
+      (-off_w, off_w + pw.out_len - wc * sw, 0), (0, 0, 0)))
 
 
 class _ConvLike(nn.Module):
@@ -375,7 +369,7 @@ class Conv(_ConvLike):
   @nn.nowrap
   def cpu(self, x, kernel, strides):
     if x.shape[-1] >= _MIN_IM2COL_CHANNELS and kernel.shape[-1] > _MAX_CONV_FEATURES:
-      if _native_is_faster(*kernel.shape[:2], strides, self.dtype):
+      if _native_is_faster(*kernel.shape[:2], strides, self.dtype, x, kernel):
         return _xla_conv(x, kernel, strides, self.padding)
       return im2col_conv(x, kernel, strides, self.padding, self.dtype)
     return _narrow_conv(x, kernel, strides, self.padding)
