@@ -15,7 +15,7 @@ CASES = [  # (input H, W, kernel, stride, padding)
     (6, 6, 3, 3, "VALID"),
     (5, 5, 2, 2, "SAME"),
     (4, 5, 4, 2, ((1, 2), (2, 1))),
-    (4, 5, 1, 2, ((3, 3), (3, 3))),  # kernel narrower than the stride: a phase with no taps
+    (4, 5, 1, 2, ((3, 3), (3, 3))),  # kernel narrower than the stride: an empty phase whose outputs lie beyond the grid
 ]
 
 

@@ -196,6 +196,28 @@ def _plan(in_len: int, k: int, s: int, padding) -> _PhasePlan:
   return _PhasePlan(out_len, per_phase, window, (lo, hi), shifts, taps)
 
 
+def _slots(plan: _PhasePlan, k: int, s: int) -> tuple[tuple[int, ...], int]:
+  """(phase in each channel slot, offset) such that the shared conv's
+  output, its phases stored in that slot order, is the transposed conv's
+  output when flattened (grid row, slot) and started at the offset.
+
+  Phase p's output o = s*(m - shift_p) + p sits at grid row m; in slot
+  j_p = p - s*shift_p + offset its flat index s*m + j_p is o + offset. The
+  slots differ (p differ mod s) and lie in [0, s): for a phase with taps,
+  p - s*shift_p is in (pad_lo - s, pad_lo]. A phase with no taps (kernel
+  narrower than the stride) is zeros: it takes the slot of its residue, and
+  its outputs may fall outside the grid (a negative offset)."""
+  keys = {p: p - s * plan.shifts[p] for p in range(s) if (plan.taps[p] < k).any()}
+  offset = -min(keys.values())
+  order = [0] * s
+  for p, key in keys.items():
+    order[key + offset] = p
+  for p in range(s):
+    if p not in keys:
+      order[(p + offset) % s] = p
+  return tuple(order), offset
+
+
 def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
                          padding="SAME", dtype=None) -> Array:
   """`lax.conv_transpose(x, kernel, strides, padding, ('NHWC','HWIO','NHWC'))`
@@ -206,9 +228,13 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
   pads = padding if isinstance(padding, str) else list(padding)
   ph = _plan(x.shape[1], kh, sh, pads if isinstance(pads, str) else pads[0])
   pw = _plan(x.shape[2], kw, sw, pads if isinstance(pads, str) else pads[1])
+  # Phases in slot order (see `_slots`) make the interleave a transpose and
+  # a crop, not a stack of shifted slices (one copy of the output less).
+  (order_h, off_h), (order_w, off_w) = _slots(ph, kh, sh), _slots(pw, kw, sw)
   # Gather the per-phase dense kernels; index k (h) / kw (w) is an appended zero tap.
   kz = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
-  dense = kz[ph.taps[:, :, None, None], pw.taps[None, None, :, :]]  # sh,Wh,sw,Ww,cin,cout
+  taps_h, taps_w = ph.taps[list(order_h)], pw.taps[list(order_w)]
+  dense = kz[taps_h[:, :, None, None], taps_w[None, None, :, :]]  # sh,Wh,sw,Ww,cin,cout
   dense = dense.transpose(1, 3, 4, 0, 2, 5).reshape(ph.window, pw.window, cin, sh * sw * cout)
   # Negative padding means the dense conv never reads those input rows: crop them.
   def crop(x, axis, lo, hi):
@@ -229,18 +255,11 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
                                for j in range(pw.window)], axis=-1)
     y = matmul(patches, dense.reshape(-1, dense.shape[-1]), dtype)
   b = y.shape[0]
-  y = y.reshape(b, y.shape[1], y.shape[2], sh, sw, cout)
-  if set(ph.shifts) == {0} and set(pw.shifts) == {0}:
-    y = y[:, :ph.per_phase, :pw.per_phase]
-  else:  # phases start at different rows/cols of the shared output
-    rows = []
-    for i in range(sh):
-      cols = [y[:, ph.shifts[i]:ph.shifts[i] + ph.per_phase,
-                pw.shifts[j]:pw.shifts[j] + pw.per_phase, i, j] for j in range(sw)]
-      rows.append(jnp.stack(cols, axis=3))
-    y = jnp.stack(rows, axis=3)                      # b, Mh, Mw, sh, sw, c
-  y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, ph.per_phase * sh, pw.per_phase * sw, cout)
-  return y[:, :ph.out_len, :pw.out_len]
+  y = y.reshape(b, hc, wc, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, hc * sh, wc * sw, cout)
+  # A crop, or zeros where an empty phase's outputs fall outside the grid.
+  return jax.lax.pad(y, jnp.zeros((), y.dtype), (
+      (0, 0, 0), (-off_h, off_h + ph.out_len - hc * sh, 0),
+      (-off_w, off_w + pw.out_len - wc * sw, 0), (0, 0, 0)))
 
 
 class _ConvLike(nn.Module):
