@@ -105,15 +105,21 @@ def translate(x, dy, dx, fill: float = FILL) -> jax.Array:
   return jnp.where(inside[..., None], moved, jnp.asarray(fill, x.dtype))
 
 
+def _reference_round(size: int, ratio: float) -> int:
+  """size * ratio rounded half up, as the reference computes its sizes
+  (int(size * ratio + 0.5)): 28 pixels -> a shift of 4, not 28 // 8 = 3."""
+  return int(size * ratio + 0.5)
+
+
 def max_shift(size: int) -> int:
-  """The largest shift along an axis of `size` pixels (the reference's size // 8)."""
-  return int(size * TRANSLATION_RATIO)
+  """The largest shift along an axis of `size` pixels (size / 8, rounded half up)."""
+  return _reference_round(size, TRANSLATION_RATIO)
 
 
 @register("translation")
 def rand_translation(key, x):
-  """A shift per image, uniform over whole pixels in [-size/8, size/8] on
-  each axis, filling the uncovered border with 0."""
+  """A shift per image, uniform over whole pixels in [-s, s] on each axis
+  (s = `max_shift`), filling the uncovered border with 0."""
   ky, kx = jax.random.split(key)
   _, h, w, _ = x.shape
   sy, sx = max_shift(h), max_shift(w)
@@ -138,15 +144,15 @@ def erase(x, top, left, height: int, width: int, fill: float = FILL) -> jax.Arra
 
 
 def cutout_size(size: int) -> int:
-  """The side of the cut along an axis of `size` pixels (the reference's size // 2)."""
-  return int(size * CUTOUT_RATIO)
+  """The side of the cut along an axis of `size` pixels (size / 2, rounded half up)."""
+  return _reference_round(size, CUTOUT_RATIO)
 
 
 @register("cutout")
 def rand_cutout(key, x):
-  """A (H/2, W/2) rectangle set to 0 per image, centred uniformly as in
-  the reference (centre in [0, size], or [0, size) for an odd side), so
-  that near the border it is clipped."""
+  """A `cutout_size` rectangle (half of each side) set to 0 per image,
+  centred uniformly as in the reference (centre in [0, size], or [0, size)
+  for an odd side), so that near the border it is clipped."""
   ky, kx = jax.random.split(key)
   _, h, w, _ = x.shape
   ch, cw = cutout_size(h), cutout_size(w)

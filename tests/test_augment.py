@@ -109,7 +109,7 @@ def test_translate_off_the_image_leaves_only_fill():
 def test_random_translation_is_a_whole_pixel_shift_of_at_most_an_eighth(shape):
   x = images(shape)
   y = np.asarray(augment.rand_translation(jax.random.key(4), x))
-  s = shape[1] // 8
+  s = {16: 2, 28: 4}[shape[1]]   # the reference's int(size / 8 + 0.5)
   found = {}
   for dy in range(-s, s + 1):
     for dx in range(-s, s + 1):
@@ -122,6 +122,12 @@ def test_random_translation_is_a_whole_pixel_shift_of_at_most_an_eighth(shape):
   assert sorted(found) == list(range(shape[0]))
   assert all(len(v) == 1 for v in found.values())
   assert len({v[0] for v in found.values()}) > 1
+
+
+def test_sizes_are_rounded_half_up_as_the_reference_rounds_them():
+  # The reference: int(size * ratio + 0.5), not size // 8 or size // 2.
+  assert [augment.max_shift(n) for n in (16, 27, 28, 32, 64)] == [2, 3, 4, 4, 8]
+  assert [augment.cutout_size(n) for n in (15, 16, 28, 33)] == [8, 8, 14, 17]
 
 
 # Cutout.
