@@ -124,6 +124,18 @@ def test_random_translation_is_a_whole_pixel_shift_of_at_most_an_eighth(shape):
   assert len({v[0] for v in found.values()}) > 1
 
 
+@pytest.mark.parametrize("size", [16, 28])
+def test_random_translation_reaches_its_whole_range(size):
+  # One lit pixel in the middle of each image: where it lands is the shift.
+  x = jnp.zeros((512, size, size, 1)).at[:, size // 2, size // 2].set(1.0)
+  y = np.asarray(augment.rand_translation(jax.random.key(6), x))[..., 0]
+  assert np.all(y.reshape(512, -1).max(1) == 1.0)   # no shift moves it off the image
+  rows, cols = np.nonzero(y.max(2))[1], np.nonzero(y.max(1))[1]
+  s = {16: 2, 28: 4}[size]   # the reference's int(size / 8 + 0.5)
+  for shifts in (rows - size // 2, cols - size // 2):
+    assert set(shifts.tolist()) == set(range(-s, s + 1))
+
+
 def test_sizes_are_rounded_half_up_as_the_reference_rounds_them():
   # The reference: int(size * ratio + 0.5), not size // 8 or size // 2.
   assert [augment.max_shift(n) for n in (16, 27, 28, 32, 64)] == [2, 3, 4, 4, 8]
