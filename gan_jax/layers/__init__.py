@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gan_jax.layers.dots import bf16_matmul, f32_matmul, native_bf16_matmul
+from gan_jax.layers.interleave import depth_to_space
 from gan_jax.layers.shift import shift_conv
 
 Array = jax.Array
@@ -254,12 +255,9 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
     patches = jnp.concatenate([x[:, i:i + hc, j:j + wc] for i in range(ph.window)
                                for j in range(pw.window)], axis=-1)
     y = matmul(patches, dense.reshape(-1, dense.shape[-1]), dtype)
-  b = y.shape[0]
-  y = y.reshape(b, hc, wc, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, hc * sh, wc * sw, cout)
   # A crop, or zeros where an empty phase's outputs fall outside the grid.
-  return jax.lax.pad(y, jnp.zeros((), y.dtype), (
-      (0, 0, 0), (-off_h, off_h + ph.out_len - hc * sh, 0),
-      (-off_w, off_w + pw.out_len - wc * sw, 0), (0, 0, 0)))
+  return depth_to_space(y.reshape(*y.shape[:3], sh * sw * cout), (sh, sw), (
+      (-off_h, off_h + ph.out_len - hc * sh), (-off_w, off_w + pw.out_len - wc * sw)))
 
 
 class _ConvLike(nn.Module):
