@@ -34,6 +34,8 @@ row later reads its rows from one row further down the shared output. For the
 DCGAN layer (kernel 4, stride 2, SAME) that is a single 2x2 convolution with
 4x the output channels over an (H+1)x(W+1) grid: about 1.15-1.3x the FLOPs of
 the transposed convolution, versus 2.25x for a 3x3 convolution + depth-to-space.
+The interleave of the phases is `interleave.depth_to_space`, whose backward
+pass is written out in the form XLA:CPU runs fast.
 """
 from __future__ import annotations
 
