@@ -39,7 +39,6 @@ pass is written out in the form XLA:CPU runs fast.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any, Callable, Sequence
@@ -47,8 +46,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from gan_jax.layers import phase
 from gan_jax.layers.dots import bf16_matmul, f32_matmul, native_bf16_matmul
 from gan_jax.layers.interleave import depth_to_space
 from gan_jax.layers.shift import shift_conv
@@ -128,20 +127,6 @@ def dense_dot_general(dtype, lowering: str = "auto"):
   return dot_general
 
 
-def _transpose_padding(k: int, s: int, padding) -> tuple[int, int]:
-  """Padding of the dilated input, as `jax.lax.conv_transpose` defines it."""
-  if padding == "SAME":
-    pad_len = k + s - 2
-    pad_a = k - 1 if s > k - 1 else int(np.ceil(pad_len / 2))
-  elif padding == "VALID":
-    pad_len = k + s - 2 + max(k - s, 0)
-    pad_a = k - 1
-  else:  # explicit (lo, hi) pair, as lax.conv_transpose takes it
-    pad_a, pad_b = padding
-    return int(pad_a), int(pad_b)
-  return pad_a, pad_len - pad_a
-
-
 # Narrow dense convs (e.g. the RGB/grey output layer) would build im2col
 # patches many times their input for little work: they run as `_narrow_conv`.
 _MAX_CONV_FEATURES = 32
@@ -159,86 +144,20 @@ def _native_is_faster(kh: int, kw: int, strides, dtype, *operands) -> bool:
           and all(a.dtype == jnp.float32 for a in operands))
 
 
-@dataclasses.dataclass(frozen=True)
-class _PhasePlan:
-  """How one spatial dimension of a transposed conv splits into phases."""
-  out_len: int          # length of the transposed-conv output
-  per_phase: int        # outputs per phase (ceil(out_len / stride))
-  window: int           # taps of the shared dense conv
-  pad: tuple[int, int]  # padding of the undilated input for the dense conv
-  shifts: tuple[int, ...]   # where each phase's outputs start in the dense conv output
-  taps: np.ndarray      # [stride, window] kernel tap per (phase, window pos); k = zero tap
-
-
-def _plan(in_len: int, k: int, s: int, padding) -> _PhasePlan:
-  pad_a, pad_b = _transpose_padding(k, s, padding)
-  out_len = (in_len - 1) * s + 1 + pad_a + pad_b - k + 1
-  if out_len <= 0:
-    raise ValueError(f"ConvTranspose: input length {in_len} with kernel {k}, "
-                     f"stride {s}, padding {padding!r} gives no output")
-  per_phase = -(-out_len // s)
-  # Input offsets read by each phase: d = (p + t - pad_a) / s for taps t.
-  first = []
-  count = []
-  for p in range(s):
-    offs = [(p + t - pad_a) // s for t in range(k) if (p + t - pad_a) % s == 0]
-    first.append(min(offs) if offs else 0)
-    count.append(len(offs))
-  window = max(max(count), 1)
-  g0 = min(first)
-  shifts = tuple(f - g0 for f in first)
-  taps = np.full((s, window), k, dtype=np.int32)
-  for p in range(s):
-    for j in range(window):
-      t = s * (first[p] + j) - p + pad_a
-      if 0 <= t < k and j < count[p]:
-        taps[p, j] = t
-  conv_len = per_phase + max(shifts)
-  lo = -g0
-  hi = conv_len + window - 1 - in_len - lo
-  return _PhasePlan(out_len, per_phase, window, (lo, hi), shifts, taps)
-
-
-def _slots(plan: _PhasePlan, k: int, s: int) -> tuple[tuple[int, ...], int]:
-  """(phase in each channel slot, offset) such that the shared conv's
-  output, its phases stored in that slot order, is the transposed conv's
-  output when flattened (grid row, slot) and started at the offset.
-
-  Phase p's output o = s*(m - shift_p) + p sits at grid row m; in slot
-  j_p = p - s*shift_p + offset its flat index s*m + j_p is o + offset. The
-  slots differ (p differ mod s) and lie in [0, s): for a phase with taps,
-  p - s*shift_p is in (pad_lo - s, pad_lo]. A phase with no taps (kernel
-  narrower than the stride) is zeros: it takes the slot of its residue, and
-  its outputs may fall outside the grid (a negative offset)."""
-  keys = {p: p - s * plan.shifts[p] for p in range(s) if (plan.taps[p] < k).any()}
-  offset = -min(keys.values())
-  order = [0] * s
-  for p, key in keys.items():
-    order[key + offset] = p
-  for p in range(s):
-    if p not in keys:
-      order[(p + offset) % s] = p
-  return tuple(order), offset
-
-
 def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
                          padding="SAME", dtype=None) -> Array:
   """`lax.conv_transpose(x, kernel, strides, padding, ('NHWC','HWIO','NHWC'))`
   (transpose_kernel=False) computed as one dense conv + phase interleave; its
   im2col matmul runs in `dtype` (see `matmul`)."""
-  kh, kw, cin, cout = kernel.shape
+  kh, kw, _, cout = kernel.shape
   sh, sw = strides
   pads = padding if isinstance(padding, str) else list(padding)
-  ph = _plan(x.shape[1], kh, sh, pads if isinstance(pads, str) else pads[0])
-  pw = _plan(x.shape[2], kw, sw, pads if isinstance(pads, str) else pads[1])
-  # Phases in slot order (see `_slots`) make the interleave a transpose and
-  # a crop, not a stack of shifted slices (one copy of the output less).
-  (order_h, off_h), (order_w, off_w) = _slots(ph, kh, sh), _slots(pw, kw, sw)
-  # Gather the per-phase dense kernels; index k (h) / kw (w) is an appended zero tap.
-  kz = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
-  taps_h, taps_w = ph.taps[list(order_h)], pw.taps[list(order_w)]
-  dense = kz[taps_h[:, :, None, None], taps_w[None, None, :, :]]  # sh,Wh,sw,Ww,cin,cout
-  dense = dense.transpose(1, 3, 4, 0, 2, 5).reshape(ph.window, pw.window, cin, sh * sw * cout)
+  ph = phase.plan(x.shape[1], kh, sh, pads if isinstance(pads, str) else pads[0])
+  pw = phase.plan(x.shape[2], kw, sw, pads if isinstance(pads, str) else pads[1])
+  # Phases in slot order (see `phase.slots`) make the interleave a transpose
+  # and a crop, not a stack of shifted slices (one copy of the output less).
+  (order_h, off_h), (order_w, off_w) = phase.slots(ph, kh, sh), phase.slots(pw, kw, sw)
+  dense = phase.dense_kernel(kernel, ph, pw, order_h, order_w)
   # Negative padding means the dense conv never reads those input rows: crop them.
   def crop(x, axis, lo, hi):
     start, stop = max(-lo, 0), x.shape[axis] - max(-hi, 0)
