@@ -1,4 +1,7 @@
+import functools
+import inspect
 import os
+import subprocess
 import sys
 
 import pytest
@@ -114,3 +117,24 @@ def one_step(cfg, seed=0, start_step=0):
       -1, 1, (cfg.d_steps * cfg.batch_size, *c.image_shape)).astype(np.float32)
   state, metrics = step(state, data.shard_batch(batch, mesh))
   return before, jax.device_get(state), jax.device_get(metrics)
+
+
+def on_devices(n: int):
+  """Runs the decorated (unparametrised) test on `n` devices: in this process
+  when it has them, else in a pytest subprocess with `n` fake CPU devices
+  (a shard_map test on one device cannot tell a summed cotangent from an
+  unsummed one)."""
+  def decorate(test):
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+      import jax
+      if len(jax.devices()) >= n:
+        return test(*args, **kwargs)
+      env = dict(os.environ, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+      node = f"{inspect.getfile(test)}::{test.__name__}"
+      proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+      assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:]
+    return run
+  return decorate

@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gan_jax.layers import Conv, ConvTranspose, dots
+from conftest import on_devices
 
 
 @pytest.mark.parametrize("x_shape", [(300, 24), (2, 9, 17, 24)])
@@ -50,6 +51,7 @@ def test_wide_layers_kernel_gradients_are_not_row_contractions():
   assert _row_contracting_dots(step.lower(params, small).compile().as_text())
 
 
+@on_devices(4)
 def test_f32_matmul_under_shard_map_sums_the_replicated_kernels_cotangent():
   """Rows split over the mesh, the kernel replicated: its gradient is summed
   over the mesh, as for `x @ w`, also when only the input gradient is taken."""

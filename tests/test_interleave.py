@@ -1,16 +1,14 @@
 """The phase interleave of `phase_conv_transpose` and its written-out backward."""
-import os
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from gan_jax.layers import ConvTranspose
 from gan_jax.layers.interleave import depth_to_space
+from conftest import on_devices
 
 PADS = [((0, 0), (0, 0)), ((-1, -2), (-1, 0)),  # a crop (the DCGAN layer's)
         ((-2, 1), (1, -1))]                      # zeros beyond the grid (an empty phase)
@@ -63,32 +61,19 @@ def test_conv_transpose_second_order_equals_flax():
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(np.abs(b).max()))
 
 
-_SHARD_MAP_CHECK = """
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import PartitionSpec as P
-from gan_jax.layers.interleave import depth_to_space
-import test_interleave as t
-mesh = jax.make_mesh((4,), ("data",))
-y = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 3, 8))
-w = jax.random.normal(jax.random.PRNGKey(1), (4, 6, 6, 2))
-def grads(f):
-  @jax.jit
-  @jax.shard_map(mesh=mesh, in_specs=(P(), P("data")), out_specs=P())
-  def g(y, w):
-    return jax.grad(lambda y: jax.lax.psum(jnp.sum(f(y, (2, 2), t.PADS[0]) * w), "data"))(y)
-  return g(y, jax.device_put(w, jax.NamedSharding(mesh, P("data"))))
-np.testing.assert_allclose(grads(depth_to_space), grads(t._reference), rtol=1e-6, atol=1e-6)
-print("OK")
-"""
-
-
+@on_devices(4)
 def test_replicated_input_under_shard_map_gets_its_cotangent_summed():
-  """On 4 devices, a value replicated over the mesh (here the interleave's
-  input) gets the sum of the per-device cotangents, as JAX's own transpose
-  rules give it."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
-  proc = subprocess.run([sys.executable, "-c", _SHARD_MAP_CHECK], env=env, capture_output=True,
-                        text=True, timeout=300)
-  assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+  """A value replicated over the mesh (here the interleave's input) gets the
+  sum of the per-device cotangents, as JAX's own transpose rules give it."""
+  n = len(jax.devices())
+  mesh = jax.make_mesh((n,), ("data",))
+  y = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 3, 8))
+  w = jax.random.normal(jax.random.PRNGKey(1), (n, 6, 6, 2))
+
+  def grads(f):
+    @jax.jit
+    @jax.shard_map(mesh=mesh, in_specs=(P(), P("data")), out_specs=P())
+    def g(y, w):
+      return jax.grad(lambda y: jax.lax.psum(jnp.sum(f(y, (2, 2), PADS[0]) * w), "data"))(y)
+    return g(y, jax.device_put(w, jax.NamedSharding(mesh, P("data"))))
+  np.testing.assert_allclose(grads(depth_to_space), grads(_reference), rtol=1e-6, atol=1e-6)

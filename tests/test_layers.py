@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gan_jax.layers import Conv, ConvTranspose, shift_conv
+from conftest import on_devices
 
 CASES = [  # (input H, W, kernel, stride, padding)
     (7, 7, 4, 2, "SAME"),     # the DCGAN layers
@@ -178,6 +179,7 @@ def test_shift_conv_rejects_an_empty_output():
     shift_conv(jnp.ones((1, 3, 3, 40)), jnp.ones((5, 5, 40, 2)), "VALID")
 
 
+@on_devices(4)
 def test_shift_conv_under_shard_map_sums_the_replicated_kernels_cotangent():
   """In a data-parallel step the kernel is replicated and the images are
   split: the kernel's gradient is summed over the mesh (as for XLA's
