@@ -1,6 +1,6 @@
 import functools
-import inspect
 import os
+import re
 import subprocess
 import sys
 
@@ -120,21 +120,23 @@ def one_step(cfg, seed=0, start_step=0):
 
 
 def on_devices(n: int):
-  """Runs the decorated (unparametrised) test on `n` devices: in this process
-  when it has them, else in a pytest subprocess with `n` fake CPU devices
-  (a shard_map test on one device cannot tell a summed cotangent from an
-  unsummed one)."""
+  """Runs the decorated test on `n` devices: in this process when it has
+  them, else in a pytest subprocess with `n` fake CPU devices (a shard_map
+  test on one device cannot tell a summed cotangent from an unsummed one)."""
   def decorate(test):
     @functools.wraps(test)
     def run(*args, **kwargs):
       import jax
       if len(jax.devices()) >= n:
         return test(*args, **kwargs)
-      env = dict(os.environ, JAX_PLATFORMS="cpu",
-                 XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-      node = f"{inspect.getfile(test)}::{test.__name__}"
+      assert not os.environ.get("GAN_JAX_TEST_CHILD"), f"the subprocess has fewer than {n} devices"
+      env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(n), GAN_JAX_TEST_CHILD="1",
+                 XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                           f"--xla_force_host_platform_device_count={n}".strip())
+      node = os.environ["PYTEST_CURRENT_TEST"].rsplit(" ", 1)[0]   # with its parameters
       proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
                             env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-      assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:]
+      assert proc.returncode == 0 and re.search(r"(?<!\d)1 passed", proc.stdout), (
+          proc.stdout[-3000:] + proc.stderr[-3000:])
     return run
   return decorate

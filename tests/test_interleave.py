@@ -63,8 +63,10 @@ def test_conv_transpose_second_order_equals_flax():
 
 @on_devices(4)
 def test_replicated_input_under_shard_map_gets_its_cotangent_summed():
-  """A value replicated over the mesh (here the interleave's input) gets the
-  sum of the per-device cotangents, as JAX's own transpose rules give it."""
+  """Under shard_map, with the input replicated over 4 devices and the loss
+  differing per device, the custom VJP gives the gradient of autodiff's form
+  (the per-device cotangents summed; JAX sums them before the interleave's
+  backward, whose input and output vary alike)."""
   n = len(jax.devices())
   mesh = jax.make_mesh((n,), ("data",))
   y = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 3, 8))

@@ -15,9 +15,10 @@ would be large) by XLA's own convolution, fast there to every order.
 
 On CPU the im2col and phase matmuls (float32 with 256 rows or more, and
 bfloat16) are custom VJPs from `dots`, whose backward passes take the forms
-XLA:CPU runs fastest; like `shift_conv`, they support reverse-mode
-derivatives to any order but not forward mode (`jax.jvp`, `jax.hessian`;
-`lowering='native'` has no such limit).
+XLA:CPU runs fastest; like `shift_conv` and the phase interleave of every
+CPU `ConvTranspose`, they support reverse-mode derivatives to any order but
+not forward mode (`jax.jvp`, `jax.hessian`; `lowering='native'` has no such
+limit).
 
 `ConvTranspose` computes exactly what `flax.linen.ConvTranspose` computes
 (same parameters, same output) but as one ordinary convolution followed by a
@@ -177,7 +178,7 @@ def phase_conv_transpose(x: Array, kernel: Array, strides: Sequence[int],
                                for j in range(pw.window)], axis=-1)
     y = matmul(patches, dense.reshape(-1, dense.shape[-1]), dtype)
   # A crop, or zeros where an empty phase's outputs fall outside the grid.
-  return depth_to_space(y.reshape(*y.shape[:3], sh * sw * cout), (sh, sw), (
+  return depth_to_space(y.reshape(y.shape[0], hc, wc, sh * sw * cout), (sh, sw), (
       (-off_h, off_h + ph.out_len - hc * sh), (-off_w, off_w + pw.out_len - wc * sw)))
 
 
