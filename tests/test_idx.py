@@ -323,3 +323,32 @@ def test_prepare_leftover_variant_folder(tmp_path):
   variant.mkdir(parents=True)
   with pytest.raises(idx.IDXError, match="holds no prepared dataset"):
     idx.prepare_from_idx("fashion_mnist", folder, data_dir)
+
+
+def test_prepare_concurrent_with_another_process(tmp_path, monkeypatch):
+  """Two runs started together on a fresh disk both find the dataset
+  unprepared and prepare it; the one that finishes second finds the final
+  folder taken. Here the other process's whole preparation runs while this
+  one is generating its splits, which is that order of events; this one
+  must return the prepared dataset, not fail on TFDS's rename."""
+  data = _make_data()
+  folder = write_idx_folder(tmp_path / "idx", data)
+  data_dir = tmp_path / "tfds"
+  offline = idx._offline_builder_cls("fashion_mnist")
+  own = offline._split_generators
+  raced = []
+
+  def split_generators(self, dl_manager):
+    if not raced:
+      raced.append(True)
+      idx.prepare_from_idx("fashion_mnist", folder, data_dir)   # the other process
+      assert tfds.builder("fashion_mnist", data_dir=data_dir).is_prepared()
+    return own(self, dl_manager)
+
+  monkeypatch.setattr(offline, "_split_generators", split_generators)
+  builder = idx.prepare_from_idx("fashion_mnist", folder, data_dir)
+  assert raced and builder.is_prepared()
+  _assert_dataset_equals("fashion_mnist", data_dir, data)
+  # Neither preparation left a folder behind.
+  assert sorted(p.name for p in (data_dir / "fashion_mnist").iterdir()) == ["3.0.1"]
+  assert sorted(p.name for p in data_dir.iterdir()) == ["fashion_mnist"]

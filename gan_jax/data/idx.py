@@ -377,11 +377,18 @@ def prepare_from_idx(name: str, folder: PathLike, data_dir: PathLike | None,
       splits[split] = (len(images), os.fspath(image_path),
                        os.fspath(label_path))
     offline.idx_splits = splits
-    offline.download_and_prepare(
-        # The download manager only makes its (empty) folders, here in tmp.
-        download_dir=tmp,
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
+    try:
+      offline.download_and_prepare(
+          # The download manager only makes its (empty) folders, here in tmp.
+          download_dir=tmp,
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+      )
+    except FileExistsError:
+      # Another process (runs started together, hosts on a shared disk)
+      # finished first: TFDS's final rename found its folder. Theirs is the
+      # same dataset; anything else is still an error.
+      if not tfds.builder(name, data_dir=data_dir).is_prepared():
+        raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
     if made_downloads:
