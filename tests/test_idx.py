@@ -350,5 +350,5 @@ def test_prepare_concurrent_with_another_process(tmp_path, monkeypatch):
   assert raced and builder.is_prepared()
   _assert_dataset_equals("fashion_mnist", data_dir, data)
   # Neither preparation left a folder behind.
-  assert sorted(p.name for p in (data_dir / "fashion_mnist").iterdir()) == ["3.0.1"]
+  assert sorted(p.name for p in (data_dir / "fashion_mnist").iterdir()) == [str(builder.version)]
   assert sorted(p.name for p in data_dir.iterdir()) == ["fashion_mnist"]
