@@ -153,6 +153,18 @@ def load_images(data_config: Any, image_shape, limit: int = 0, key: str = "",
   return out
 
 
+def pixel_table(pixel_range) -> np.ndarray:
+  """float32 (256,): the value of each uint8 pixel in `pixel_range` [lo, hi].
+
+  Every normaliser (tf.data, numpy, on device) looks pixels up in this one
+  table, so a batch is bitwise the same whichever feeds it: XLA contracts
+  `x * scale + lo` into a fused multiply-add, which differs from tf.data's
+  separate multiply and add in the last bit, and Adam amplifies such bits
+  in parameters whose gradient is near its epsilon."""
+  lo, hi = (float(v) for v in pixel_range)
+  return np.arange(256, dtype=np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)
+
+
 def gather_batch(images, indices: jax.Array, pixel_range):
   """`normalise(images[indices])` on device (the on-device data mode); with
   labels (`images` an (images, labels) pair), the pair, gathered by the same
@@ -160,9 +172,8 @@ def gather_batch(images, indices: jax.Array, pixel_range):
   if isinstance(images, tuple):
     return (gather_batch(images[0], indices, pixel_range),
             jnp.take(images[1], indices, axis=0))
-  lo, hi = (float(v) for v in pixel_range)
-  x = jnp.take(images, indices, axis=0).astype(jnp.float32)
-  return x * np.float32((hi - lo) / 255.0) + np.float32(lo)
+  pixels = jnp.take(images, indices, axis=0).astype(jnp.int32)
+  return jnp.take(jnp.asarray(pixel_table(pixel_range)), pixels, axis=0)
 
 
 def shard_batch(batch, mesh: jax.sharding.Mesh, spec=P(AXIS),

@@ -31,7 +31,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gan_jax.data import (_tf, check_labels, describe, device_major, first_examples,
-                          in_memory, prefetch_to_device, process_rows, source_images)
+                          in_memory, pixel_table, prefetch_to_device, process_rows,
+                          source_images)
 from gan_jax.errors import DataError
 from gan_jax.mesh import AXIS
 
@@ -40,16 +41,14 @@ if TYPE_CHECKING:
 
 
 def normalise(images: tf.Tensor, pixel_range) -> tf.Tensor:
-  """uint8 [0, 255] -> float32 [lo, hi]."""
+  """uint8 [0, 255] -> float32 [lo, hi], by `pixel_table`."""
   tf = _tf.tf()
-  lo, hi = (float(v) for v in pixel_range)
-  return tf.cast(images, tf.float32) * ((hi - lo) / 255.0) + lo
+  return tf.gather(tf.constant(pixel_table(pixel_range)), tf.cast(images, tf.int32))
 
 
 def normalise_array(images: np.ndarray, pixel_range) -> np.ndarray:
   """`normalise` in numpy, to the same float32 values."""
-  lo, hi = (float(v) for v in pixel_range)
-  return images.astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)
+  return pixel_table(pixel_range)[images]
 
 
 class TrainData:
