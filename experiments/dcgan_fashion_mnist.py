@@ -42,7 +42,7 @@ def get_config():
   # Fashion-MNIST (47 MB as uint8) lives on the device; 5 steps per call.
   c.data.on_device = True
   c.steps_per_call = 5
-  c.num_steps = 1840   # 2 epochs (937 steps each)
+  c.num_steps = 1840   # just under 2 epochs (937 steps each)
   c.sample_every = 500
   c.eval.every = 920   # half-way and at the end
   return c
