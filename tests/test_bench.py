@@ -47,6 +47,27 @@ def test_bench_sweep_reports_the_sweep_against_sequential_runs(tmp_path):
                              row["sweep_ms_per_step"] / (2 * row["single_ms_per_step"]))
 
 
+@pytest.mark.slow   # two lowerings of the full-width DCGAN-28 and a PyTorch step
+def test_step_flops_are_counted_before_xla_hands_convolutions_to_cudnn():
+  """bench's FLOPs per step come from the program before optimisation, so the
+  DCGAN-28 step lowered for CUDA (where the compiled count would leave out
+  cuDNN's convolutions) counts what the CPU lowering counts, and that is the
+  model's work: PyTorch's FlopCounterMode count of the same step (matmuls and
+  convolutions) plus at most 25% (XLA also counts elementwise work)."""
+  torch = pytest.importorskip("torch")
+  from torch.utils.flop_counter import FlopCounterMode
+  import torch_reference
+  cfg = bench.seed_config("dcgan28", {"batch_size": "8"})
+  _, _, steps, args = bench.train_steps_program(cfg, 1)
+  cpu = bench.program_flops(steps.lower(*args))
+  cuda = bench.program_flops(steps.trace(*args).lower(lowering_platforms=("cuda",)))
+  gan = torch_reference.TorchGAN("dcgan28", 8)
+  with FlopCounterMode(display=False) as counter:
+    gan.step(torch.rand(8, *gan.shape) * 2 - 1)
+  np.testing.assert_allclose(cuda, cpu, rtol=0.01)
+  assert 1.0 <= cuda / counter.get_total_flops() <= 1.25, (cuda, counter.get_total_flops())
+
+
 @pytest.mark.parametrize("arch", ["fc_gan", "dcgan28", "dcgan64", "lsgan32"])
 def test_torch_reference_has_the_same_architecture(arch):
   """Same parameter count per tensor (sorted sizes) and output shapes."""
@@ -69,7 +90,8 @@ def test_torch_reference_has_the_same_architecture(arch):
 def test_gpu_check_script_runs_every_stage_without_tensorflow(tmp_path):
   """gpu_check.sh in its quick mode on the CPU, where TensorFlow, TFDS,
   tensorboard and tensorboardX cannot be imported (as on the GPU machine):
-  every stage runs and the page has its tables and targets."""
+  every stage runs (with GPU_CHECK_ALL's fp32 rows) and the page has its
+  tables and targets."""
   import importlib.util
   import subprocess
   blocked = tmp_path / "blocked"
@@ -78,7 +100,7 @@ def test_gpu_check_script_runs_every_stage_without_tensorflow(tmp_path):
     (blocked / name / "__init__.py").write_text(
         f"raise ModuleNotFoundError('{name} is not installed on the GPU machine')\n")
   out = tmp_path / "gpu_check.md"
-  env = {**os.environ, "GPU_CHECK_QUICK": "1", "PYTHONPATH": str(blocked),
+  env = {**os.environ, "GPU_CHECK_QUICK": "1", "GPU_CHECK_ALL": "1", "PYTHONPATH": str(blocked),
          "PYTHON": sys.executable,
          "GPU_CHECK_AGAINST": "torch" if importlib.util.find_spec("torch") else ""}
   proc = subprocess.run(["bash", os.path.join(TOOLS, "gpu_check.sh"), str(out)], env=env,
@@ -88,11 +110,13 @@ def test_gpu_check_script_runs_every_stage_without_tensorflow(tmp_path):
   assert page.startswith("# gan_jax GPU check, ") and "measured matmul peak" in page
   for line in ("| fc_gan | 8 | gan_jax float32 |", "| fc_gan | 8 | gan_jax bfloat16 |",
                "| fc_gan | 16 | gan_jax bfloat16 |", "## K-member sweep",
-               "| fc_gan | 8 | 2 |", "| target | measured | bound | met |",
+               "| fc_gan | 8 | bfloat16 | 2 |", "| target | measured | bound | met |",
                "2-member sweep time / 2 sequential runs"):
     assert line in page, (line, page)
   if env["GPU_CHECK_AGAINST"]:
     assert "| fc_gan | 8 | torch bf16 |" in page
+  for stage in ("targets", "large", "sweep"):   # each stage's rows kept beside the page
+    assert json.loads((tmp_path / f"gpu_check.{stage}.json").read_text()), stage
 
 
 def failed_reference(arch, batch, dtype, compile):
@@ -121,6 +145,7 @@ def test_gpu_report_marks_failed_references_and_unmeasured_targets(tmp_path):
   assert "| fc_gan batch 64 float32: images/s vs eager PyTorch | 4.00 | >= 2.0 | yes |" in page
   assert "| no_such_arch | 64 | torch.compile fp32 | failed: " in page
   assert "| dcgan28 batch 64: images/s vs eager PyTorch | not measured | >= 2.0 | NO |" in page
+  assert "| K-member sweep time / K sequential runs | not measured | <= 0.5 | NO |" in page
 
 
 def test_implementations_take_turns_and_a_failing_one_drops_out():

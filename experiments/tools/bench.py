@@ -16,7 +16,8 @@ device from a uint8 array of random images. Reported: steady-state ms/step
 and images/s (median of --repeats timings after one warm-up call; with
 `--against`, gan_jax and the references take turns in every round, so that a
 change in the shared machine's speed falls on all of them alike), compile
-time, XLA's FLOPs per step (compiled cost analysis), achieved GFLOP/s and its
+time, XLA's FLOPs per step (of the program before optimisation: on a GPU the
+compiled count misses cuDNN's and cuBLAS's calls), achieved GFLOP/s and its
 fraction of this device's measured matmul peak (fp32, and bf16 with fp32
 accumulation), and XLA's peak buffer memory. `--input N` also times N steps
 of the tf.data input pipeline alone (Fashion-MNIST, for the 28x28x1 models),
@@ -130,24 +131,39 @@ def take_turns(runs: dict, repeats: int, required=()) -> tuple[dict, dict]:
   return times, errors
 
 
-def prepare_jax(cfg, name, k, input_steps=0) -> tuple[dict, object]:
-  """(row without its timing, run): `run()` runs one call of `k` fused steps
-  (warmed up) and returns the seconds per step."""
+def train_steps_program(cfg, k) -> tuple:
+  """(c, mesh, steps, (state, indices, images)): `train`'s jitted call of `k`
+  fused on-device steps and its arguments, random uint8 images."""
   c = components.build_components(cfg)
   mesh = mesh_lib.make_mesh()
   state = components.init_state(cfg, c, mesh)
-  rows = cfg.batch_size * c.d_steps
   rng = np.random.default_rng(0)
   images = mesh_lib.replicate(rng.integers(0, 256, (4096, *c.image_shape), dtype=np.uint8), mesh)
-  indices = data.shard_batch(rng.integers(0, 4096, (k, rows), dtype=np.int32), mesh,
-                             P(None, mesh_lib.AXIS))
+  indices = data.shard_batch(rng.integers(0, 4096, (k, cfg.batch_size * c.d_steps),
+                                          dtype=np.int32), mesh, P(None, mesh_lib.AXIS))
   steps = step_lib.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True)
-  t = time.perf_counter()
-  compiled = steps.lower(state, indices, images).compile()
-  compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
+  return c, mesh, steps, (state, indices, images)
+
+
+def program_flops(lowered) -> float:
+  """FLOPs of a lowered program, counted before XLA optimises it: the
+  compiled program's count leaves out the convolutions and matmuls that
+  XLA:GPU hands to cuDNN and cuBLAS as custom calls."""
+  cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) / k
+  return float(cost.get("flops", 0.0))
+
+
+def prepare_jax(cfg, name, k, input_steps=0) -> tuple[dict, object]:
+  """(row without its timing, run): `run()` runs one call of `k` fused steps
+  (warmed up) and returns the seconds per step."""
+  c, mesh, steps, (state, indices, images) = train_steps_program(cfg, k)
+  rows = cfg.batch_size * c.d_steps
+  t = time.perf_counter()
+  lowered = steps.lower(state, indices, images)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t
+  flops = program_flops(lowered) / k
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
           - mem.alias_size_in_bytes) if mem is not None else float("nan")

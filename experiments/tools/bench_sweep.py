@@ -16,7 +16,6 @@ import statistics
 import sys
 import time
 
-import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
@@ -40,24 +39,18 @@ def time_steps(steps, state, indices, images, k, repeats):
 
 
 def bench_sweep(cfg, name, members, k, repeats) -> dict:
-  c = components.build_components(cfg)
-  mesh = mesh_lib.make_mesh()
-  rows = cfg.batch_size * c.d_steps
-  rng = np.random.default_rng(0)
-  images = mesh_lib.replicate(rng.integers(0, 256, (4096, *c.image_shape), dtype=np.uint8), mesh)
-  idx = rng.integers(0, 4096, (members, k, rows), dtype=np.int32)
-  single = components.init_state(cfg, c, mesh)
-  t1, c1 = time_steps(step_lib.make_train_steps(c, mesh, cfg.data.pixel_range, on_device=True),
-                      single, data.shard_batch(idx[0], mesh, P(None, mesh_lib.AXIS)),
-                      images, k, repeats)
+  c, mesh, single_steps, (single, indices, images) = bench.train_steps_program(cfg, k)
+  t1, c1 = time_steps(single_steps, single, indices, images, k, repeats)
   del single
+  rows = cfg.batch_size * c.d_steps
+  idx = np.random.default_rng(1).integers(0, len(images), (members, k, rows), dtype=np.int32)
   states = mesh_lib.replicate(sweep.stack([components.init_state(m, c, mesh)
                                         for m in _members(cfg, members)]), mesh)
   tk, ck = time_steps(step_lib.make_sweep_steps(c, mesh, cfg.optim, {}, cfg.data.pixel_range,
                                              on_device=True),
                       states, data.shard_batch(idx, mesh, P(None, None, mesh_lib.AXIS)),
                       images, k, repeats)
-  return {"name": name, "members": members, "batch": cfg.batch_size,
+  return {"name": name, "members": members, "batch": cfg.batch_size, "dtype": cfg.model.dtype,
           "single_ms_per_step": 1e3 * t1, "sweep_ms_per_step": 1e3 * tk,
           "sequential_ms_per_step": 1e3 * members * t1,
           "sweep_share_of_sequential": tk / (members * t1),
@@ -83,12 +76,14 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=64, help="0 = each config's own")
   parser.add_argument("--steps-per-call", type=int, default=5)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="model.dtype of every member")
   parser.add_argument("--json", default="")
   args, extra = parser.parse_known_args(argv)
   overrides = bench.cli._split_overrides(extra, parser)
   rows = []
   for target in args.targets:
-    cfg, name = bench.load_target(target, args.batch, "float32", overrides)
+    cfg, name = bench.load_target(target, args.batch, args.dtype, overrides)
     row = bench_sweep(cfg, name, args.members, args.steps_per_call, args.repeats)
     rows.append(row)
     print(f"{name}: 1 member {row['single_ms_per_step']:.1f} ms/step, {args.members} members "

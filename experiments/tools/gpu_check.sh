@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The whole GPU check in one go (< 10 minutes on one H100/H200): gan_jax's
-# training step against PyTorch (eager and torch.compile, fp32 and bf16
-# autocast) at batch 64 on the four seed GANs and at a large batch on
-# DCGAN-64, and an 8-member sweep against 8 sequential runs; writes one
-# Markdown page with the tables and the targets (experiments/tools/gpu_report.py).
+# The whole GPU check in one go (about 9 minutes on one H200): gan_jax's
+# training step against PyTorch (eager and torch.compile) at batch 64 on FC
+# GAN and DCGAN-28, an 8-member sweep against 8 sequential runs, and DCGAN-64
+# at batch 1024, all in bf16 (what model.dtype='auto' picks on a GPU, against
+# PyTorch's bf16 autocast); writes one Markdown page with the tables and the
+# targets (experiments/tools/gpu_report.py). GPU_CHECK_ALL=1 adds fp32 to
+# every stage and DCGAN-64 and LSGAN-32 at batch 64 (about twice as long:
+# XLA:GPU's compiles dominate). The stages run in that order and each keeps
+# its rows beside the page (OUT.targets.json, OUT.sweep.json, OUT.large.json,
+# OUT.more.json), so a run cut short still leaves what it measured.
 #
 #   bash experiments/tools/gpu_check.sh [OUT.md]        # default: gpu_check.md
 #
@@ -24,27 +29,36 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
   export PYTHONPATH="$site:$PYTHONPATH"
 fi
-tmp=$(mktemp -d)
+raw=${out%.md}
 against=${GPU_CHECK_AGAINST-torch torch_compile}   # "" = gan_jax alone
 against_args=(); [ -n "$against" ] && against_args=(--against $against)
+dtypes="bfloat16"; [ "${GPU_CHECK_ALL:-0}" = 1 ] && dtypes="bfloat16 float32"
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
-  archs="fc_gan"; big=fc_gan; sweep_archs=fc_gan; small=8; large=16; members=2
+  archs="fc_gan"; more=""; big=fc_gan; sweep_archs=fc_gan; small=8; large=16; members=2
   quick=(--repeats 1 --steps-per-call 2 --config.model.kwargs.g_hidden="(32,32)"
          --config.model.kwargs.d_hidden="(16,)")
 else
-  archs="fc_gan dcgan28 dcgan64 lsgan32"; big=dcgan64; sweep_archs="fc_gan dcgan28"
+  archs="fc_gan dcgan28"; big=dcgan64; sweep_archs="fc_gan dcgan28"
+  more=""; [ "${GPU_CHECK_ALL:-0}" = 1 ] && more="dcgan64 lsgan32"
   small=64; large=1024; members=8
   quick=(--steps-per-call 5)   # on the GPU 5 fused steps for every model (the configs' 1s are for CPU)
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}   # fail at once if JAX cannot use the GPU
 fi
+bench() {
+  "$py" experiments/tools/bench.py "$@" --dtype $dtypes \
+    ${against_args[@]+"${against_args[@]}"} ${quick[@]+"${quick[@]}"}
+}
 "$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'
-"$py" experiments/tools/bench.py $archs --batch $small --dtype float32 bfloat16 \
-  ${against_args[@]+"${against_args[@]}"} --json "$tmp/small.json" ${quick[@]+"${quick[@]}"}
-"$py" experiments/tools/bench.py $big --batch $large --dtype bfloat16 float32 \
-  ${against_args[@]+"${against_args[@]}"} --json "$tmp/large.json" ${quick[@]+"${quick[@]}"}
+bench $archs --batch $small --json "$raw.targets.json"
 "$py" experiments/tools/bench_sweep.py $sweep_archs --members $members --batch $small \
-  --json "$tmp/sweep.json" ${quick[@]+"${quick[@]}"}
-"$py" experiments/tools/gpu_report.py "$tmp/small.json" "$tmp/large.json" \
-  --sweep "$tmp/sweep.json" > "$out"
+  --dtype ${dtypes%% *} --json "$raw.sweep.json" ${quick[@]+"${quick[@]}"}
+bench $big --batch $large --json "$raw.large.json"
+runs=("$raw.targets.json")
+if [ -n "$more" ]; then
+  bench $more --batch $small --json "$raw.more.json"
+  runs+=("$raw.more.json")
+fi
+"$py" experiments/tools/gpu_report.py "${runs[@]}" "$raw.large.json" --sweep "$raw.sweep.json" \
+  > "$out"
 cat "$out"
 echo "written: $out"

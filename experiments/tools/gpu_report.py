@@ -35,6 +35,8 @@ def _target_rows(rows, sweeps):
       value = (r["peak_fraction"] if measure == "peak" else bench._ratio(r, rows, measure))
       out.append((f"{arch} batch {batch} {r['dtype']}: {what}", value, bound,
                   value is not None and value >= bound))
+  if not sweeps:
+    out.append(("K-member sweep time / K sequential runs", None, 0.5, False))
   for s in sweeps:
     share = s["sweep_share_of_sequential"]
     out.append((f"{s['name']} batch {s['batch']}: {s['members']}-member sweep time / "
@@ -53,9 +55,10 @@ def report(bench_files, sweep_file=None) -> str:
            "", "## Training steps", "", bench.markdown_table(rows), ""]
   if sweeps:
     lines += ["## K-member sweep against K sequential runs", "",
-              "| arch | batch | members | 1 member ms/step | sweep ms/step | sweep / sequential |"
-              " sweep compile s |", "|" + " --- |" * 7]
-    lines += [f"| {s['name']} | {s['batch']} | {s['members']} | {s['single_ms_per_step']:.2f} | "
+              "| arch | batch | dtype | members | 1 member ms/step | sweep ms/step |"
+              " sweep / sequential | sweep compile s |", "|" + " --- |" * 8]
+    lines += [f"| {s['name']} | {s['batch']} | {s.get('dtype', 'float32')} | {s['members']} | "
+              f"{s['single_ms_per_step']:.2f} | "
               f"{s['sweep_ms_per_step']:.2f} | {s['sweep_share_of_sequential']:.2f} | "
               f"{s['sweep_compile_s']:.1f} |" for s in sweeps]
     lines.append("")

@@ -129,7 +129,11 @@ class TorchGAN:
     self.crit = nn.MSELoss() if self.loss == "least_squares" else nn.BCEWithLogitsLoss()
     self.scale = 0.5 if self.loss == "least_squares" else 1.0
     if compile:  # the modules, after the optimisers took their parameters; static
-      # shapes (D sees 2B rows in the joint loss and B otherwise)
+      # shapes (D sees 2B rows in the joint loss and B otherwise). Every
+      # compiled module shares one wrapper whose recompile limit (8) counts
+      # the variants of all models so far: without the reset, the third
+      # model of a process quietly ran eager.
+      torch._dynamo.reset()
       self.g = torch.compile(self.g, dynamic=False)
       self.d = torch.compile(self.d, dynamic=False)
 
