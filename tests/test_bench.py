@@ -68,15 +68,26 @@ def test_step_flops_are_counted_before_xla_hands_convolutions_to_cudnn():
   assert 1.0 <= cuda / counter.get_total_flops() <= 1.25, (cuda, counter.get_total_flops())
 
 
+NARROW = {"fc_gan": {"model.kwargs.g_hidden": "(32,48)", "model.kwargs.d_hidden": "(24,)",
+                    "model.latent_dim": "20"},
+          "dcgan28": {"model.kwargs.g_features": "32", "model.kwargs.d_features": "8"},
+          "dcgan64": {"model.kwargs.g_features": "64", "model.kwargs.d_features": "16",
+                      "model.latent_dim": "12"},
+          "lsgan32": {"model.kwargs.g_features": "32", "model.kwargs.d_features": "8"}}
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["seed", "narrowed"])
 @pytest.mark.parametrize("arch", ["fc_gan", "dcgan28", "dcgan64", "lsgan32"])
-def test_torch_reference_has_the_same_architecture(arch):
-  """Same parameter count per tensor (sorted sizes) and output shapes."""
+def test_torch_reference_has_the_same_architecture(arch, narrow):
+  """Same parameter count per tensor (sorted sizes) and output shapes, for
+  the seed and for a config that changes its widths and latent size (what
+  `bench --against` passes on)."""
   torch = pytest.importorskip("torch")
   import torch_reference
-  cfg = bench.seed_config(arch)
+  cfg = bench.seed_config(arch, NARROW[arch] if narrow else None)
   c = components.build_components(cfg)
   state = components.init_state(cfg, c, mesh_lib.make_mesh())
-  g, d = torch_reference.build(arch)
+  g, d = torch_reference.build(arch, cfg)
   for jax_params, module in ((state.g_params, g), (state.d_params, d)):
     assert sorted(x.size for x in jax.tree.leaves(jax_params)) == sorted(
         p.numel() for p in module.parameters())
@@ -84,6 +95,21 @@ def test_torch_reference_has_the_same_architecture(arch):
   x = g.eval()(z)
   h, w, ch = c.image_shape
   assert tuple(x.shape) == (2, ch, h, w) and tuple(d.eval()(x).shape) == (2,)
+
+
+def test_torch_reference_refuses_settings_it_does_not_follow():
+  """A model option, loss or d_steps that the hand-written reference does not
+  implement is one error naming each (bench turns it into a 'failed' row),
+  not a silently different PyTorch model."""
+  pytest.importorskip("torch")
+  import torch_reference
+  cfg = bench.seed_config("dcgan64", {"model.kwargs.g_norm": "batch", "loss": "hinge",
+                                      "model.kwargs.g_features": "64"})
+  with pytest.raises(ValueError) as e:
+    torch_reference.build("dcgan64", cfg)
+  msg = str(e.value)
+  assert "g_norm='batch' (seed: 'none')" in msg and "loss='hinge' (seed: 'non_saturating')" in msg
+  assert "g_features" not in msg.split(";")[1]
 
 
 @pytest.mark.slow

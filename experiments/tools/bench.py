@@ -28,7 +28,9 @@ torch.optim.Adam, BCEWithLogitsLoss) in the same run, on the same device
 under `torch.compile`; for `--dtype bfloat16` they run under bfloat16
 autocast. "vs torch" is gan_jax's images/s over eager PyTorch's in the same
 precision, "vs compile" over torch.compile's. `--config.KEY=VALUE` overrides
-every config.
+every config; the PyTorch references follow the widths, latent size and
+optimiser it sets, and any other model setting, loss or d_steps that differs
+from the seed's makes their rows "failed" with the settings named.
 """
 import argparse
 import json
@@ -218,12 +220,13 @@ def _torch_impl(dtype, compile):
   return f"{'torch.compile' if compile else 'torch'} {TORCH_DTYPES[dtype]}"
 
 
-def prepare_torch(arch, batch, dtype="float32", compile=False) -> tuple[dict, object]:
+def prepare_torch(arch, batch, dtype="float32", compile=False, cfg=None) -> tuple[dict, object]:
   """(row without its timing, run) of PyTorch's step of `arch` on the device
-  JAX uses (CUDA or CPU); `run()` times 3 steps (see torch_reference)."""
+  JAX uses (CUDA or CPU), with `cfg`'s widths and optimiser (default: the
+  seed's); `run()` times 3 steps (see torch_reference)."""
   device = "cuda" if jax.default_backend() == "gpu" else "cpu"
   info, run = _torch_reference().prepare(arch, batch=batch, warmup=3, steps=3, device=device,
-                                      compile=compile, bf16=dtype == "bfloat16")
+                                      compile=compile, bf16=dtype == "bfloat16", cfg=cfg)
   info.update(name=arch, dtype=dtype, impl=_torch_impl(dtype, compile), batch=batch)
   return info, run
 
@@ -337,7 +340,7 @@ def bench_target(cfg, target, args, dtype) -> list[dict]:
   for ref in args.against if target in SEEDS else ():
     compile = ref == "torch_compile"
     try:
-      refs[ref], runs[ref] = prepare_torch(target, cfg.batch_size, dtype, compile)
+      refs[ref], runs[ref] = prepare_torch(target, cfg.batch_size, dtype, compile, cfg)
     except Exception as e:  # noqa: BLE001  (any failure of the optional reference)
       refs[ref] = torch_error(target, cfg.batch_size, dtype, compile, e)
   times, errors = take_turns(runs, args.repeats, required=("gan_jax",))

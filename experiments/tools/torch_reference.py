@@ -5,7 +5,9 @@ gan_jax seed architectures of bench.py (the experiments fc_gan_mnist,
 dcgan_fashion_mnist with TensorFlow's 256-wide DCGAN G, dcgan_color64 and
 lsgan_cifar10), written the ordinary PyTorch way (eager nn.Modules,
 torch.optim.Adam, nn.BCEWithLogitsLoss / nn.MSELoss), so that their training
-throughput can be compared with gan_jax's side by side. Images are NCHW.
+throughput can be compared with gan_jax's side by side. Given a config, they
+take its widths, latent size and optimiser settings (`FOLLOWED`) and refuse
+any other change. Images are NCHW.
 
 torch is an optional dependency of the benchmark only (gan_jax never imports
 it): pip install torch --index-url https://download.pytorch.org/whl/cpu
@@ -37,49 +39,90 @@ def _up(cin, cout, k, s, bias=False):
   return nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=s + 2 * p - k, bias=bias)
 
 
-def build(name):
-  """(G, D) for `name`: G maps (B, latent) to (B, C, H, W) in [-1, 1], D maps
-  images to (B,) logits."""
-  lrelu = nn.LeakyReLU
-  if name == "fc_gan":
-    g = nn.Sequential(
-        nn.Linear(128, 1024), nn.ReLU(), nn.Linear(1024, 2048), nn.ReLU(),
-        nn.Linear(2048, 784), nn.Tanh(), nn.Unflatten(1, (1, 28, 28)))
-    d = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), lrelu(0.1), nn.Linear(512, 1))
-  elif name == "dcgan28":
-    g = nn.Sequential(
-        nn.Linear(100, 256 * 7 * 7, bias=False), nn.Unflatten(1, (256, 7, 7)),
-        nn.BatchNorm2d(256), nn.ReLU(),
-        _up(256, 128, 4, 2), nn.BatchNorm2d(128), nn.ReLU(),
-        _up(128, 1, 4, 2, bias=True), nn.Tanh())
-    d = nn.Sequential(
-        nn.Conv2d(1, 64, 4, 2, 1), lrelu(0.2),
-        nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), lrelu(0.2),
-        nn.Flatten(), nn.Linear(128 * 7 * 7, 1))
-  elif name == "dcgan64":
-    g = nn.Sequential(
-        nn.Linear(100, 512 * 8 * 8), nn.Unflatten(1, (512, 8, 8)),
-        _up(512, 256, 4, 2, bias=True), nn.ReLU(),
-        _up(256, 128, 4, 2, bias=True), nn.ReLU(),
-        _up(128, 64, 4, 2, bias=True), nn.ReLU(),
-        nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(64, 3, 4), nn.Tanh())  # k4 s1 'SAME'
-    d = nn.Sequential(
-        nn.Conv2d(3, 64, 5, 2, 2, bias=False), nn.BatchNorm2d(64), lrelu(0.2),
-        nn.Conv2d(64, 128, 5, 2, 2, bias=False), nn.BatchNorm2d(128), lrelu(0.2),
-        nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 16 * 16, 1))
-  elif name == "lsgan32":
-    g = nn.Sequential(
-        nn.Linear(100, 256 * 8 * 8, bias=False), nn.Unflatten(1, (256, 8, 8)),
-        nn.BatchNorm2d(256), lrelu(0.3),
-        _up(256, 128, 5, 1), nn.BatchNorm2d(128), lrelu(0.3),
-        _up(128, 64, 5, 2), nn.BatchNorm2d(64), lrelu(0.3),
-        _up(64, 3, 5, 2), nn.Tanh())
-    d = nn.Sequential(
-        nn.Conv2d(3, 64, 5, 2, 2), lrelu(0.3), nn.Dropout(0.3),
-        nn.Conv2d(64, 128, 5, 2, 2), lrelu(0.3), nn.Dropout(0.3),
-        nn.Flatten(), nn.Linear(128 * 8 * 8, 1))
-  else:
+# The model settings a reference follows from the config it is given; any
+# other model setting must stay the seed's (these references are not a port
+# of every model option).
+FOLLOWED = {"fc_gan": ("latent_dim", "g_hidden", "d_hidden"),
+            "dcgan28": ("latent_dim", "g_features", "d_features"),
+            "dcgan64": ("latent_dim", "g_features", "d_features"),
+            "lsgan32": ("latent_dim", "g_features", "d_features")}
+
+
+def _model_settings(name, cfg):
+  """{setting: value} of `cfg`'s model (kwargs and latent_dim), after checking
+  that every model setting the reference does not follow, the loss and
+  d_steps are the seed's (ValueError naming each that is not)."""
+  if name not in FOLLOWED:
     raise ValueError(f"unknown architecture {name!r}; valid: {ARCHITECTURES}")
+  seed_cfg = experiment_config(name)
+  cfg = cfg if cfg is not None else seed_cfg
+  seed, model = seed_cfg.model, cfg.model
+  got = {**model.kwargs.to_dict(), "latent_dim": model.latent_dim}
+  want = {**seed.kwargs.to_dict(), "latent_dim": seed.latent_dim}
+  fixed = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)
+           if k not in FOLLOWED[name] and got.get(k) != want.get(k)}
+  for key in ("name", "image_size", "channels"):
+    if model[key] != seed[key]:
+      fixed[key] = (model[key], seed[key])
+  for key in ("loss", "d_steps"):   # what TorchGAN.step hard-codes
+    if cfg[key] != seed_cfg[key]:
+      fixed[key] = (cfg[key], seed_cfg[key])
+  if fixed:
+    raise ValueError(f"the PyTorch {name} reference follows only {', '.join(FOLLOWED[name])} "
+                     "(and the optimiser); these settings differ from the seed's: " + ", ".join(
+                         f"{k}={v!r} (seed: {w!r})" for k, (v, w) in sorted(fixed.items())))
+  return got
+
+
+def build(name, cfg=None):
+  """(G, D) for `name`, with the widths and latent size of `cfg` (default:
+  the seed's config): G maps (B, latent) to (B, C, H, W) in [-1, 1], D maps
+  images to (B,) logits."""
+  m = _model_settings(name, cfg)
+  lrelu, z = nn.LeakyReLU, m["latent_dim"]
+  if name == "fc_gan":
+    g_sizes, d_sizes = (z, *m["g_hidden"]), (784, *m["d_hidden"])
+    g = nn.Sequential(*[layer for a, b in zip(g_sizes, g_sizes[1:])
+                        for layer in (nn.Linear(a, b), nn.ReLU())],
+                      nn.Linear(g_sizes[-1], 784), nn.Tanh(), nn.Unflatten(1, (1, 28, 28)))
+    d = nn.Sequential(nn.Flatten(), *[layer for a, b in zip(d_sizes, d_sizes[1:])
+                                      for layer in (nn.Linear(a, b), lrelu(m["d_slope"]))],
+                      nn.Linear(d_sizes[-1], 1))
+  elif name == "dcgan28":
+    f, fd = m["g_features"], m["d_features"]
+    g = nn.Sequential(
+        nn.Linear(z, f * 7 * 7, bias=False), nn.Unflatten(1, (f, 7, 7)),
+        nn.BatchNorm2d(f), nn.ReLU(),
+        _up(f, f // 2, 4, 2), nn.BatchNorm2d(f // 2), nn.ReLU(),
+        _up(f // 2, 1, 4, 2, bias=True), nn.Tanh())
+    d = nn.Sequential(
+        nn.Conv2d(1, fd, 4, 2, 1), lrelu(0.2),
+        nn.Conv2d(fd, 2 * fd, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * fd), lrelu(0.2),
+        nn.Flatten(), nn.Linear(2 * fd * 7 * 7, 1))
+  elif name == "dcgan64":
+    f, fd = m["g_features"], m["d_features"]
+    g = nn.Sequential(
+        nn.Linear(z, f * 8 * 8), nn.Unflatten(1, (f, 8, 8)),
+        _up(f, f // 2, 4, 2, bias=True), nn.ReLU(),
+        _up(f // 2, f // 4, 4, 2, bias=True), nn.ReLU(),
+        _up(f // 4, f // 8, 4, 2, bias=True), nn.ReLU(),
+        nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(f // 8, 3, 4), nn.Tanh())  # k4 s1 'SAME'
+    d = nn.Sequential(
+        nn.Conv2d(3, fd, 5, 2, 2, bias=False), nn.BatchNorm2d(fd), lrelu(0.2),
+        nn.Conv2d(fd, 2 * fd, 5, 2, 2, bias=False), nn.BatchNorm2d(2 * fd), lrelu(0.2),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(2 * fd * 16 * 16, 1))
+  else:  # lsgan32
+    f, fd = m["g_features"], m["d_features"]
+    g = nn.Sequential(
+        nn.Linear(z, f * 8 * 8, bias=False), nn.Unflatten(1, (f, 8, 8)),
+        nn.BatchNorm2d(f), lrelu(0.3),
+        _up(f, f // 2, 5, 1), nn.BatchNorm2d(f // 2), lrelu(0.3),
+        _up(f // 2, f // 4, 5, 2), nn.BatchNorm2d(f // 4), lrelu(0.3),
+        _up(f // 4, 3, 5, 2), nn.Tanh())
+    d = nn.Sequential(
+        nn.Conv2d(3, fd, 5, 2, 2), lrelu(0.3), nn.Dropout(0.3),
+        nn.Conv2d(fd, 2 * fd, 5, 2, 2), lrelu(0.3), nn.Dropout(0.3),
+        nn.Flatten(), nn.Linear(2 * fd * 8 * 8, 1))
   d.append(nn.Flatten(0))  # (B, 1) -> (B,)
   if name != "fc_gan":  # DCGAN init, as gan_jax's conv models
     g.apply(_dcgan_init)
@@ -112,8 +155,8 @@ class TorchGAN:
   `train_step`): one G forward, a D update on real and fake.detach(), then a
   G update through D(fake) with the updated D."""
 
-  def __init__(self, name, batch=64, device="cpu", compile=False, bf16=False):
-    cfg = experiment_config(name)
+  def __init__(self, name, batch=64, device="cpu", compile=False, bf16=False, cfg=None):
+    cfg = cfg if cfg is not None else experiment_config(name)
     self.device = torch.device(device)
     self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16
                      else contextlib.nullcontext())
@@ -122,7 +165,7 @@ class TorchGAN:
     self.latent_dim, self.latent_dist, self.loss = mc.latent_dim, mc.latent_dist, cfg.loss
     self.real_noise = cfg.real_label_noise
     betas = (opt.b1, opt.b2)
-    g, d = build(name)
+    g, d = build(name, cfg)
     self.g, self.d = g.to(self.device), d.to(self.device)
     self.g_opt = torch.optim.Adam(self.g.parameters(), lr=opt.g_lr, betas=betas)
     self.d_opt = torch.optim.Adam(self.d.parameters(), lr=opt.d_lr, betas=betas)
@@ -171,7 +214,8 @@ class TorchGAN:
     return d_loss.detach(), g_loss.detach()
 
 
-def prepare(name, batch=64, warmup=3, steps=5, device="cpu", compile=False, bf16=False):
+def prepare(name, batch=64, warmup=3, steps=5, device="cpu", compile=False, bf16=False,
+            cfg=None):
   """(info, run) for `name`'s PyTorch training: `run()` trains `steps` steps
   on uniform [-1, 1] 'real' data and returns the seconds per step, after
   `warmup` steps (their time: info's `compile_s`, the first compiles), with
@@ -180,7 +224,7 @@ def prepare(name, batch=64, warmup=3, steps=5, device="cpu", compile=False, bf16
     # TF32 for fp32 matmuls and convolutions, as XLA:GPU's default precision uses.
     torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.allow_tf32 = True
-  gan = TorchGAN(name, batch, device, compile, bf16)
+  gan = TorchGAN(name, batch, device, compile, bf16, cfg)
   real = torch.rand(batch, *gan.shape, device=gan.device) * 2 - 1
   sync = torch.cuda.synchronize if gan.device.type == "cuda" else (lambda: None)
 
