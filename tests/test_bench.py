@@ -104,12 +104,15 @@ def test_torch_reference_refuses_settings_it_does_not_follow():
   pytest.importorskip("torch")
   import torch_reference
   cfg = bench.seed_config("dcgan64", {"model.kwargs.g_norm": "batch", "loss": "hinge",
-                                      "model.kwargs.g_features": "64"})
+                                      "model.kwargs.g_features": "64", "model.num_classes": "10",
+                                      "optim.name": "rmsprop", "optim.g_lr": "1e-3"})
   with pytest.raises(ValueError) as e:
     torch_reference.build("dcgan64", cfg)
-  msg = str(e.value)
-  assert "g_norm='batch' (seed: 'none')" in msg and "loss='hinge' (seed: 'non_saturating')" in msg
-  assert "g_features" not in msg.split(";")[1]
+  msg = str(e.value).split(";")[1]
+  for named in ("model.kwargs.g_norm='batch' (seed: 'none')", "model.num_classes=10 (seed: 0)",
+                "loss='hinge' (seed: 'non_saturating')", "optim.name='rmsprop' (seed: 'adam')"):
+    assert named in msg, (named, msg)
+  assert "g_features" not in msg and "g_lr" not in msg
 
 
 @pytest.mark.slow

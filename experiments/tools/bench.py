@@ -29,8 +29,8 @@ under `torch.compile`; for `--dtype bfloat16` they run under bfloat16
 autocast. "vs torch" is gan_jax's images/s over eager PyTorch's in the same
 precision, "vs compile" over torch.compile's. `--config.KEY=VALUE` overrides
 every config; the PyTorch references follow the widths, latent size and
-optimiser it sets, and any other model setting, loss or d_steps that differs
-from the seed's makes their rows "failed" with the settings named.
+Adam settings it sets, and any other change (another loss, penalty, optimiser,
+d_steps, ...: torch_reference.FIXED) makes their rows "failed", naming it.
 """
 import argparse
 import json

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The whole GPU check in one go (about 9 minutes on one H200): gan_jax's
+# The whole GPU check in one go (estimated 8-9 minutes on one H200): gan_jax's
 # training step against PyTorch (eager and torch.compile) at batch 64 on FC
 # GAN and DCGAN-28, an 8-member sweep against 8 sequential runs, and DCGAN-64
 # at batch 1024, all in bf16 (what model.dtype='auto' picks on a GPU, against
 # PyTorch's bf16 autocast); writes one Markdown page with the tables and the
-# targets (experiments/tools/gpu_report.py). GPU_CHECK_ALL=1 adds fp32 to
-# every stage and DCGAN-64 and LSGAN-32 at batch 64 (about twice as long:
-# XLA:GPU's compiles dominate). The stages run in that order and each keeps
+# targets (experiments/tools/gpu_report.py). GPU_CHECK_ALL=1 adds fp32 rows
+# to the bench stages and DCGAN-64 and LSGAN-32 at batch 64 (about twice as
+# long: XLA:GPU's compiles dominate). The stages run in that order and each keeps
 # its rows beside the page (OUT.targets.json, OUT.sweep.json, OUT.large.json,
 # OUT.more.json), so a run cut short still leaves what it measured.
 #

@@ -2,11 +2,13 @@ r"""The GPU check's Markdown report (gpu_check.sh): bench.py's and
 bench_sweep.py's JSON files -> one page with the device, the tables and the
 README's GPU targets, each marked met or not.
 
-  python experiments/tools/gpu_report.py small.json large.json --sweep sweep.json > gpu_check.md
+  python experiments/tools/gpu_report.py gpu_check.targets.json gpu_check.large.json \
+      --sweep gpu_check.sweep.json > gpu_check.md
 """
 import argparse
 import datetime
 import json
+import os
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -48,10 +50,15 @@ def report(bench_files, sweep_file=None) -> str:
   runs = [json.load(open(f)) for f in bench_files]
   rows = [r for run in runs for r in run["rows"]]
   sweeps = json.load(open(sweep_file)) if sweep_file else []
-  peak = runs[0]["matmul_peak_gflops"]
+  peaks = [(os.path.basename(f), run["matmul_peak_gflops"]) for f, run in zip(bench_files, runs)]
+  shown = lambda p: f"{p['float32']:,.0f} GFLOP/s fp32, {p['bfloat16']:,.0f} GFLOP/s bf16"
+  if len({shown(p) for _, p in peaks}) == 1:
+    peak = f"measured matmul peak {shown(peaks[0][1])}"
+  else:   # each bench process measures its own; each row's "of peak" uses its process's
+    peak = "measured matmul peak per run (each row's \"of peak\" uses its own): " + "; ".join(
+        f"{name}: {shown(p)}" for name, p in peaks)
   lines = [f"# gan_jax GPU check, {datetime.date.today().isoformat()}", "",
-           f"Device: {runs[0]['device']}; measured matmul peak {peak['float32']:,.0f} GFLOP/s "
-           f"fp32, {peak['bfloat16']:,.0f} GFLOP/s bf16 (operands bf16, fp32 accumulation).",
+           f"Device: {runs[0]['device']}; {peak} (operands bf16, fp32 accumulation).",
            "", "## Training steps", "", bench.markdown_table(rows), ""]
   if sweeps:
     lines += ["## K-member sweep against K sequential runs", "",

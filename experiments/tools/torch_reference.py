@@ -6,8 +6,8 @@ dcgan_fashion_mnist with TensorFlow's 256-wide DCGAN G, dcgan_color64 and
 lsgan_cifar10), written the ordinary PyTorch way (eager nn.Modules,
 torch.optim.Adam, nn.BCEWithLogitsLoss / nn.MSELoss), so that their training
 throughput can be compared with gan_jax's side by side. Given a config, they
-take its widths, latent size and optimiser settings (`FOLLOWED`) and refuse
-any other change. Images are NCHW.
+take its widths (`FOLLOWED`), latent size and Adam settings and refuse a
+change to anything else they implement or lack (`FIXED`). Images are NCHW.
 
 torch is an optional dependency of the benchmark only (gan_jax never imports
 it): pip install torch --index-url https://download.pytorch.org/whl/cpu
@@ -39,39 +39,43 @@ def _up(cin, cout, k, s, bias=False):
   return nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=s + 2 * p - k, bias=bias)
 
 
-# The model settings a reference follows from the config it is given; any
-# other model setting must stay the seed's (these references are not a port
-# of every model option).
-FOLLOWED = {"fc_gan": ("latent_dim", "g_hidden", "d_hidden"),
-            "dcgan28": ("latent_dim", "g_features", "d_features"),
-            "dcgan64": ("latent_dim", "g_features", "d_features"),
-            "lsgan32": ("latent_dim", "g_features", "d_features")}
+# The model kwargs a reference follows from the config it is given (besides
+# latent_dim and latent_dist, the loss's real_label_noise and Adam's settings);
+# any other kwarg, and each setting of FIXED, must stay the seed's: these
+# references are not a port of every gan_jax option.
+FOLLOWED = {"fc_gan": ("g_hidden", "d_hidden"), "dcgan28": ("g_features", "d_features"),
+            "dcgan64": ("g_features", "d_features"), "lsgan32": ("g_features", "d_features")}
+FIXED = ("model.name", "model.image_size", "model.channels", "model.num_classes", "loss",
+         "penalty", "d_weight_clip", "d_steps", "real_label", "augment", "ema_decay",
+         "optim.name")
+
+
+def _setting(cfg, dotted):
+  value = cfg
+  for key in dotted.split("."):
+    value = value[key]
+  return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _model_settings(name, cfg):
-  """{setting: value} of `cfg`'s model (kwargs and latent_dim), after checking
-  that every model setting the reference does not follow, the loss and
-  d_steps are the seed's (ValueError naming each that is not)."""
+  """{kwarg: value} of `cfg`'s model and its latent_dim, after checking that
+  every other kwarg and each FIXED setting is the seed's (one ValueError
+  naming each that is not)."""
   if name not in FOLLOWED:
     raise ValueError(f"unknown architecture {name!r}; valid: {ARCHITECTURES}")
-  seed_cfg = experiment_config(name)
-  cfg = cfg if cfg is not None else seed_cfg
-  seed, model = seed_cfg.model, cfg.model
-  got = {**model.kwargs.to_dict(), "latent_dim": model.latent_dim}
-  want = {**seed.kwargs.to_dict(), "latent_dim": seed.latent_dim}
-  fixed = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)
-           if k not in FOLLOWED[name] and got.get(k) != want.get(k)}
-  for key in ("name", "image_size", "channels"):
-    if model[key] != seed[key]:
-      fixed[key] = (model[key], seed[key])
-  for key in ("loss", "d_steps"):   # what TorchGAN.step hard-codes
-    if cfg[key] != seed_cfg[key]:
-      fixed[key] = (cfg[key], seed_cfg[key])
-  if fixed:
-    raise ValueError(f"the PyTorch {name} reference follows only {', '.join(FOLLOWED[name])} "
-                     "(and the optimiser); these settings differ from the seed's: " + ", ".join(
-                         f"{k}={v!r} (seed: {w!r})" for k, (v, w) in sorted(fixed.items())))
-  return got
+  seed = experiment_config(name)
+  cfg = cfg if cfg is not None else seed
+  got, want = cfg.model.kwargs.to_dict(), seed.model.kwargs.to_dict()
+  changed = {f"model.kwargs.{k}": (got.get(k), want.get(k)) for k in set(got) | set(want)
+             if k not in FOLLOWED[name] and got.get(k) != want.get(k)}
+  changed.update({k: (_setting(cfg, k), _setting(seed, k)) for k in FIXED
+                  if _setting(cfg, k) != _setting(seed, k)})
+  if changed:
+    raise ValueError(
+        f"the PyTorch {name} reference follows only the model's latent size and "
+        f"{', '.join(FOLLOWED[name])}, and Adam's settings; these differ from the seed's: "
+        + ", ".join(f"{k}={v!r} (seed: {w!r})" for k, (v, w) in sorted(changed.items())))
+  return {**got, "latent_dim": cfg.model.latent_dim}
 
 
 def build(name, cfg=None):
@@ -167,15 +171,15 @@ class TorchGAN:
     betas = (opt.b1, opt.b2)
     g, d = build(name, cfg)
     self.g, self.d = g.to(self.device), d.to(self.device)
-    self.g_opt = torch.optim.Adam(self.g.parameters(), lr=opt.g_lr, betas=betas)
-    self.d_opt = torch.optim.Adam(self.d.parameters(), lr=opt.d_lr, betas=betas)
+    self.g_opt = torch.optim.Adam(self.g.parameters(), lr=opt.g_lr, betas=betas, eps=opt.eps)
+    self.d_opt = torch.optim.Adam(self.d.parameters(), lr=opt.d_lr, betas=betas, eps=opt.eps)
     self.crit = nn.MSELoss() if self.loss == "least_squares" else nn.BCEWithLogitsLoss()
     self.scale = 0.5 if self.loss == "least_squares" else 1.0
     if compile:  # the modules, after the optimisers took their parameters; static
       # shapes (D sees 2B rows in the joint loss and B otherwise). Every
       # compiled module shares one wrapper whose recompile limit (8) counts
-      # the variants of all models so far: without the reset, the third
-      # model of a process quietly ran eager.
+      # the variants of all models so far: without the reset, the later
+      # models of a process ran eager (or failed).
       torch._dynamo.reset()
       self.g = torch.compile(self.g, dynamic=False)
       self.d = torch.compile(self.d, dynamic=False)
