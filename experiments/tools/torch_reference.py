@@ -68,8 +68,9 @@ def _model_settings(name, cfg):
   got, want = cfg.model.kwargs.to_dict(), seed.model.kwargs.to_dict()
   changed = {f"model.kwargs.{k}": (got.get(k), want.get(k)) for k in set(got) | set(want)
              if k not in FOLLOWED[name] and got.get(k) != want.get(k)}
-  changed.update({k: (_setting(cfg, k), _setting(seed, k)) for k in FIXED
-                  if _setting(cfg, k) != _setting(seed, k)})
+  for k in FIXED:
+    if (value := _setting(cfg, k)) != (seed_value := _setting(seed, k)):
+      changed[k] = (value, seed_value)
   if changed:
     raise ValueError(
         f"the PyTorch {name} reference follows only the model's latent size and "
