@@ -153,7 +153,20 @@ def program_flops(lowered) -> float:
   XLA:GPU hands to cuDNN and cuBLAS as custom calls."""
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0))
+  if cost is None:  # XLA:GPU under JAX 0.11 has no pre-compile count: ask XLA's HLO analysis
+    cost = _hlo_cost(lowered.compiler_ir("hlo").as_hlo_module())
+  return float(cost.get("flops", float("nan"))) if cost is not None else float("nan")
+
+
+def _hlo_cost(module) -> dict | None:
+  from jax._src.lib import xla_client  # pylint: disable=import-outside-toplevel
+  for platform in (None, "cpu"):
+    try:
+      client = (jax.devices(platform) if platform else jax.devices())[0].client
+      return xla_client._xla.hlo_module_cost_analysis(client, module)  # pylint: disable=protected-access
+    except Exception:  # pylint: disable=broad-except
+      continue
+  return None
 
 
 def prepare_jax(cfg, name, k, input_steps=0) -> tuple[dict, object]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one go (estimated 8-9 minutes on one H200): gan_jax's
+# The whole GPU check in one go (536 s on one H200, 2026-12-04): gan_jax's
 # training step against PyTorch (eager and torch.compile) at batch 64 on FC
 # GAN and DCGAN-28, an 8-member sweep against 8 sequential runs, and DCGAN-64
 # at batch 1024, all in bf16 (what model.dtype='auto' picks on a GPU, against
@@ -42,13 +42,21 @@ else
   more=""; [ "${GPU_CHECK_ALL:-0}" = 1 ] && more="dcgan64 lsgan32"
   small=64; large=1024; members=8
   quick=(--steps-per-call 5)   # on the GPU 5 fused steps for every model (the configs' 1s are for CPU)
-  export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}   # fail at once if JAX cannot use the GPU
+  # cpu beside cuda for bench.py's FLOP counts; the check below fails at once
+  # if JAX cannot use the GPU (a platform list falls back to the CPU silently).
+  export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda,cpu}
+  need_gpu=1
 fi
 bench() {
   "$py" experiments/tools/bench.py "$@" --dtype $dtypes \
     ${against_args[@]+"${against_args[@]}"} ${quick[@]+"${quick[@]}"}
 }
-"$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'
+"$py" - "${need_gpu:-0}" <<'EOF'
+import sys, jax
+print("jax", jax.__version__, jax.devices())
+if sys.argv[1] == "1" and jax.default_backend() != "gpu":
+  sys.exit(f"gpu_check: JAX sees no GPU (default backend {jax.default_backend()!r})")
+EOF
 bench $archs --batch $small --json "$raw.targets.json"
 "$py" experiments/tools/bench_sweep.py $sweep_archs --members $members --batch $small \
   --dtype ${dtypes%% *} --json "$raw.sweep.json" ${quick[@]+"${quick[@]}"}
