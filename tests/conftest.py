@@ -26,6 +26,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     sys.modules["jax"].config.update(
         "jax_persistent_cache_min_compile_time_secs",
         float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
 DEFAULT_EXPERIMENT = os.path.join(ROOT, "experiments", "dcgan_fashion_mnist.py")
 
 
