@@ -325,6 +325,21 @@ def test_prepare_leftover_variant_folder(tmp_path):
     idx.prepare_from_idx("fashion_mnist", folder, data_dir)
 
 
+def test_prepare_after_another_process_finished_since_the_caller_looked(tmp_path):
+  """The caller found the dataset unprepared and passes that builder; by the
+  time this runs, another process has prepared it: its dataset is returned,
+  not reported as a leftover folder."""
+  data = _make_data()
+  folder = write_idx_folder(tmp_path / "idx", data)
+  data_dir = tmp_path / "tfds"
+  stale = tfds.builder("fashion_mnist", data_dir=data_dir)
+  assert not stale.is_prepared()
+  idx.prepare_from_idx("fashion_mnist", folder, data_dir)   # the other process
+  builder = idx.prepare_from_idx("fashion_mnist", folder, data_dir, builder=stale)
+  assert builder.is_prepared()
+  _assert_dataset_equals("fashion_mnist", data_dir, data)
+
+
 def test_prepare_concurrent_with_another_process(tmp_path, monkeypatch):
   """Two runs started together on a fresh disk both find the dataset
   unprepared and prepare it; the one that finishes second finds the final

@@ -357,6 +357,12 @@ def prepare_from_idx(name: str, folder: PathLike, data_dir: PathLike | None,
   # (A caller that passes its builder found it unprepared: TFDS warns at each
   # `is_prepared` over a leftover folder.)
   if os.path.isdir(builder.data_dir):
+    # Another process may have finished preparing since the caller looked
+    # (checked by TFDS's marker file: a new builder would warn again).
+    if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+      fresh = tfds.builder(name, data_dir=data_dir)
+      if fresh.is_prepared():
+        return fresh
     raise _leftover(builder)
   arrays = load_idx_folder(folder)
 
