@@ -24,11 +24,6 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # JAX and PyTorch share the GPU: no 75% up-front reservation by JAX.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-if compgen -G ".whl/*.whl" >/dev/null; then
-  site=$(mktemp -d)
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
-  export PYTHONPATH="$site:$PYTHONPATH"
-fi
 raw=${out%.md}
 against=${GPU_CHECK_AGAINST-torch torch_compile}   # "" = gan_jax alone
 against_args=(); [ -n "$against" ] && against_args=(--against $against)
@@ -42,21 +37,30 @@ else
   more=""; [ "${GPU_CHECK_ALL:-0}" = 1 ] && more="dcgan64 lsgan32"
   small=64; large=1024; members=8
   quick=(--steps-per-call 5)   # on the GPU 5 fused steps for every model (the configs' 1s are for CPU)
-  # cpu beside cuda for bench.py's FLOP counts; the check below fails at once
-  # if JAX cannot use the GPU (a platform list falls back to the CPU silently).
+  # cpu beside cuda: bench.py counts FLOPs on the CPU client (JAX has no count
+  # for the CUDA plugin). Where no GPU device exists JAX skips cuda without a
+  # word, so the check below stops the run instead of timing the CPU.
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda,cpu}
   need_gpu=1
+fi
+"$py" - "${need_gpu:-0}" <<'EOF'
+import os, sys, jax
+print("jax", jax.__version__, jax.devices())
+if sys.argv[1] == "1" and jax.default_backend() != "gpu":
+  sys.exit(f"gpu_check: JAX sees no GPU (default backend {jax.default_backend()!r}, "
+           f"JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS')!r}): install JAX with CUDA on a GPU "
+           "machine, or set GPU_CHECK_QUICK=1 to try the script on a CPU")
+EOF
+if compgen -G ".whl/*.whl" >/dev/null; then
+  site=$(mktemp -d)
+  trap 'rm -rf "$site"' EXIT
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
+  export PYTHONPATH="$site:$PYTHONPATH"
 fi
 bench() {
   "$py" experiments/tools/bench.py "$@" --dtype $dtypes \
     ${against_args[@]+"${against_args[@]}"} ${quick[@]+"${quick[@]}"}
 }
-"$py" - "${need_gpu:-0}" <<'EOF'
-import sys, jax
-print("jax", jax.__version__, jax.devices())
-if sys.argv[1] == "1" and jax.default_backend() != "gpu":
-  sys.exit(f"gpu_check: JAX sees no GPU (default backend {jax.default_backend()!r})")
-EOF
 bench $archs --batch $small --json "$raw.targets.json"
 "$py" experiments/tools/bench_sweep.py $sweep_archs --members $members --batch $small \
   --dtype ${dtypes%% *} --json "$raw.sweep.json" ${quick[@]+"${quick[@]}"}

@@ -8,6 +8,7 @@ README's GPU targets, each marked met or not.
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 
@@ -35,6 +36,7 @@ def _target_rows(rows, sweeps):
       out.append((f"{arch} batch {batch}: {what}", None, bound, False))
     for r in ours:
       value = (r["peak_fraction"] if measure == "peak" else bench._ratio(r, rows, measure))
+      value = value if value is not None and math.isfinite(value) else None   # no FLOP count
       out.append((f"{arch} batch {batch} {r['dtype']}: {what}", value, bound,
                   value is not None and value >= bound))
   if not sweeps:

@@ -357,8 +357,8 @@ def prepare_from_idx(name: str, folder: PathLike, data_dir: PathLike | None,
   # (A caller that passes its builder found it unprepared: TFDS warns at each
   # `is_prepared` over a leftover folder.)
   if os.path.isdir(builder.data_dir):
-    # Another process may have finished preparing since the caller looked
-    # (checked by TFDS's marker file: a new builder would warn again).
+    # Another process may have finished preparing since the caller looked.
+    # dataset_info.json first: TFDS warns at each builder made over a leftover.
     if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
       fresh = tfds.builder(name, data_dir=data_dir)
       if fresh.is_prepared():
