@@ -15,12 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # and pytest subprocesses they start, which inherit the environment): one JAX
 # compilation cache for the session compiles each once. A new folder each
 # session, so every run compiles from nothing, as on a fresh clone; a cache
-# folder the caller sets is used as it is. Set before any test imports jax.
+# folder the caller sets is used as it is, and gets every program too. Set
+# before any test imports jax.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="gan_jax_tests_jax_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   if "jax" in sys.modules:   # imported by a plugin: its config has read the environment
     sys.modules["jax"].config.update("jax_compilation_cache_dir", _cache)
     sys.modules["jax"].config.update(

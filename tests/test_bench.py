@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from gan_jax import components, mesh as mesh_lib
+from gan_jax import components, layers, mesh as mesh_lib
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "experiments", "tools")
@@ -49,7 +49,7 @@ def test_bench_sweep_reports_the_sweep_against_sequential_runs(tmp_path):
 
 
 @pytest.mark.slow   # two lowerings of the full-width DCGAN-28 and a PyTorch step
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' takes the CPU paths only on a CPU-only host")
+@pytest.mark.skipif(not layers.cpu_only_host(), reason="'auto' takes the CPU paths only on a CPU-only host")
 def test_step_flops_are_counted_before_xla_hands_convolutions_to_cudnn():
   """bench's FLOPs per step come from the program before optimisation, so the
   DCGAN-28 step lowered for CUDA (where the compiled count would leave out

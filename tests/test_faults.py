@@ -96,7 +96,6 @@ def runs():
   """Starts fault_run.py subprocesses (sharing the session's compilation
   cache, conftest.py); kills any still running at the end."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")   # a caller's cache folder too
   env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
   started = []
 

@@ -360,8 +360,8 @@ def prepare_from_idx(name: str, folder: PathLike, data_dir: PathLike | None,
     # Another process may have finished preparing since the caller looked.
     # dataset_info.json first: TFDS warns at each builder made over a leftover.
     if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-      fresh = tfds.builder(name, data_dir=data_dir)
-      if fresh.is_prepared():
+      fresh = _prepared(name, data_dir)
+      if fresh is not None:
         return fresh
     raise _leftover(builder)
   arrays = load_idx_folder(folder)
@@ -393,7 +393,7 @@ def prepare_from_idx(name: str, folder: PathLike, data_dir: PathLike | None,
       # Another process (runs started together, hosts on a shared disk)
       # finished first: TFDS's final rename found its folder. Theirs is the
       # same dataset; anything else is still an error.
-      if not tfds.builder(name, data_dir=data_dir).is_prepared():
+      if _prepared(name, data_dir) is None:
         raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -406,6 +406,12 @@ def prepare_from_idx(name: str, folder: PathLike, data_dir: PathLike | None,
   if not builder.is_prepared():
     raise _leftover(builder)
   return builder
+
+
+def _prepared(name: str, data_dir):
+  """A new builder for `name`, if another process has prepared it; else None."""
+  builder = _tf.tfds().builder(name, data_dir=data_dir)
+  return builder if builder.is_prepared() else None
 
 
 def _leftover(builder) -> IDXError:
