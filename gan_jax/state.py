@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gan_jax import layers, optim
 from gan_jax.errors import ConfigError
 
 
@@ -38,7 +39,9 @@ def make_optimizers(optim_config: Any, g_lr=None, d_lr=None
   passes traced values: the optimiser state does not depend on them)."""
   o = optim_config
   makers = {
-      "adam": lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps),
+      # The same numbers and state; on CPU written in place (gan_jax.optim).
+      "adam": lambda lr: (optim.adam(lr, o.b1, o.b2, o.eps) if layers.cpu_only_host()
+                          else optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)),
       # PyTorch's RMSprop (the WGAN reference): eps added outside the sqrt.
       "rmsprop": lambda lr: optax.rmsprop(lr, decay=o.decay, eps=o.eps, eps_in_sqrt=False),
   }
