@@ -31,14 +31,6 @@ def _local_rows(key, draw, b: int, axis_name: str):
   return jax.lax.dynamic_slice_in_dim(rows, jax.lax.axis_index(axis_name) * b, b)
 
 
-def _global_norm(tree) -> jax.Array:
-  """optax.global_norm's value (to float rounding), from one dot per leaf:
-  XLA:CPU writes the squares of `optax.global_norm` out before summing them,
-  a pass over the gradients' memory the dot does not make."""
-  return jnp.sqrt(sum(jnp.vdot(x, x, precision=jax.lax.Precision.HIGHEST)
-                      for x in jax.tree.leaves(tree)))
-
-
 def _class_loss(class_logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(class_logits, labels).mean()
 
@@ -158,7 +150,7 @@ def train_step(state: GANState, batch, *, c: Components,
       d_params = losses.clip_weights(d_params, c.d_weight_clip)
     metrics = {"d_loss": loss, "d_real_logit": real_logits.mean(),
                "d_fake_logit": fake_logits.mean(), **terms,
-               "d_grad_norm": _global_norm(grads)}
+               "d_grad_norm": optax.tree.norm(grads)}
     # Penalty state stays the same on every device (the carry of the critic
     # updates must be), whether or not the penalty used global means.
     return (d_params, d_opt_state, stats, pmean(aux)), metrics, real_logits
@@ -222,7 +214,7 @@ def train_step(state: GANState, batch, *, c: Components,
         ada_p, r_t, target=c.ada_target, batch=b * jax.lax.psum(1, axis_name),
         speed_images=c.ada_images)}}
     metrics = {**metrics, "augment_p": ada_p, "ada_r_t": r_t}
-  grad_norms = {"d_grad_norm": metrics.pop("d_grad_norm"), "g_grad_norm": _global_norm(g_grads)}
+  grad_norms = {"d_grad_norm": metrics.pop("d_grad_norm"), "g_grad_norm": optax.tree.norm(g_grads)}
   metrics = {**pmean({**metrics, **g_terms, "g_loss": g_loss}), **grad_norms}
   # Synchronised BatchNorm already made the statistics equal on every device
   # (and penalties keep their state with global means); the pmean only
