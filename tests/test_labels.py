@@ -204,6 +204,29 @@ def test_num_examples_keeps_the_first_examples(labelled_source):
   np.testing.assert_array_equal(np.asarray(labels), _memory_labels()[:12])
 
 
+def test_num_examples_of_a_cached_dataset_reads_the_source_once(monkeypatch):
+  """A tf.data source that caches itself (as the TFDS source does), cut to
+  its first examples: later epochs come from memory, not from the source."""
+  import tensorflow as tf
+  reads = []
+  def examples():
+    for i in range(N_MEM):
+      reads.append(i)
+      yield _memory_images()[i], np.int32(_memory_labels()[i])
+  signature = (tf.TensorSpec(SHAPE, tf.uint8), tf.TensorSpec((), tf.int32))
+  monkeypatch.setitem(data.SOURCES, "counted_tf", lambda cfg, shape, labels=False: (
+      tf.data.Dataset.from_generator(examples, output_signature=signature).cache(), None))
+  source = _data(_cfg(source="counted_tf", num_examples=16), batch=4)
+  assert source.num_examples == 16 and source.steps_per_epoch == 4
+  epochs = _take(source.host_batches(), 3 * 4)
+  for e in range(3):
+    epoch = epochs[4 * e:4 * (e + 1)]
+    assert sorted(_read_ids(np.concatenate([b[0] for b in epoch]))) == list(range(16))
+    for b in epoch:
+      _assert_aligned(b)
+  assert reads == list(range(16))   # the count's pass filled the cache; no epoch read again
+
+
 def test_bad_labels_of_a_source_are_clear_errors(monkeypatch):
   images = _memory_images()
   def reg(fn):
