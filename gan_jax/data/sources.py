@@ -101,7 +101,9 @@ def tfds_images(data_config: Any, image_shape,
     _label_feature(builder, data_config)
   shape = tuple(builder.info.features["image"].shape)
   size = _split_size(builder, data_config.split)
-  ds = builder.as_dataset(split=data_config.split, shuffle_files=False)
+  # No TFDS auto-cache: this source caches (below) or `first_examples` caches its cut.
+  ds = builder.as_dataset(split=data_config.split, shuffle_files=False,
+                          read_config=_tf.tfds().ReadConfig(try_autocache=False))
   ds = ds.map((lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))) if labels else
               (lambda ex: ex["image"]), num_parallel_calls=tf.data.AUTOTUNE)
   resize = bool(data_config.image_size or data_config.crop)
@@ -116,7 +118,9 @@ def tfds_images(data_config: Any, image_shape,
            f"data.crop={data_config.crop})" if resize else f"of shape {shape}")
     raise DataError(f"dataset '{data_config.name}' has images {how}, but the model "
                     f"takes {tuple(image_shape)} (model.image_size, model.channels)")
-  return ds.cache(), size
+  # With data.num_examples, `first_examples` caches the cut instead: a cache
+  # read only partly is dropped (with a warning) and refilled every epoch.
+  return (ds if data_config.get("num_examples", 0) else ds.cache()), size
 
 
 @register_source("folder")
