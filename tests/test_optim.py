@@ -1,5 +1,6 @@
-"""gan_jax.optim.adam: optax.adam's numbers and state, and a compiled step
-that writes the weights and moments in place instead of copying them."""
+"""gan_jax.optim.adam: optax.adam's numbers and state, a compiled step that
+writes the weight matrices and moments in place instead of copying them, and
+no more memory for a conv GAN's step than optax.adam's."""
 import dataclasses
 import functools
 import os
@@ -69,15 +70,20 @@ def test_adam_refuses_a_schedule_and_missing_parameters():
     tx.update(p, tx.init(p))
 
 
-def _step(c, cfg):
-  """(the float32 state entries the compiled, donated step copies, the state
-  after one step on random images). XLA names its parameters after the
-  argument paths: state_g_params__Dense_1____kernel__."""
+def _compiled(c, cfg):
+  """(the compiled, donated train step, a state, a batch of random images)."""
   mesh = mesh_lib.make_mesh()
   state = components.init_state(cfg, c, mesh)
   batch = np.random.default_rng(0).uniform(-1, 1, (cfg.batch_size, *c.image_shape))
   batch = data.shard_batch(batch.astype(np.float32), mesh)
-  compiled = step_lib.make_train_step(c, mesh).lower(state, batch).compile()
+  return step_lib.make_train_step(c, mesh).lower(state, batch).compile(), state, batch
+
+
+def _step(c, cfg):
+  """(the float32 state entries the compiled, donated step copies, the state
+  after one step on random images). XLA names its parameters after the
+  argument paths: state_g_params__Dense_1____kernel__."""
+  compiled, state, batch = _compiled(c, cfg)
   copied = re.findall(r"= f32\[[\d,]*\]\S* copy\(%(state_\w+)", compiled.as_text())
   return copied, jax.device_get(compiled(state, batch)[0])
 
@@ -98,3 +104,23 @@ def test_the_fc_gan_step_updates_weights_and_moments_in_place():
   assert any("g_params" in n and "kernel" in n for n in copied), copied
   assert any("mu" in n for n in copied), copied
   jax.tree.map(np.testing.assert_array_equal, after, plain_after)
+
+
+def _peak_bytes(c, cfg):
+  """XLA's peak buffer estimate of the compiled step (as bench.py reports it)."""
+  m = _compiled(c, cfg)[0].memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
+@pytest.mark.skipif(not layers.cpu_only_host(), reason="measures XLA:CPU's buffer assignment")
+def test_a_conv_gan_step_needs_no_more_memory_than_with_optax_adam():
+  """Ordering the conv kernels' updates too made XLA hold this step in 16%
+  more memory (119 against 102 MB)."""
+  cfg = configure.load(os.path.join(ROOT, "experiments", "dcgan_color64.py"),
+                       {"model.kwargs.g_features": "64", "batch_size": "8"})
+  c = components.build_components(cfg)
+  o = cfg.optim
+  plain = dataclasses.replace(c, g_tx=optax.adam(o.g_lr, b1=o.b1, b2=o.b2, eps=o.eps),
+                              d_tx=optax.adam(o.d_lr, b1=o.b1, b2=o.b2, eps=o.eps))
+  assert _peak_bytes(c, cfg) <= _peak_bytes(plain, cfg)
