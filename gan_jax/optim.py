@@ -9,14 +9,14 @@ on it, and the update reads the old first moment (XLA fuses the moment's
 computation into it) beside the fusion that stores the new moment. XLA:CPU
 then copies large weights and every first moment once per step, a large
 share of a small model's step (README: "Where the FC GAN's step goes").
-Here each update of a matrix (`ordered`) is scaled by a one built from an
+Here each update of a matrix (`is_ordered`) is scaled by a one built from an
 element of every gradient, and the stored first moment is computed with a b1
 built from an element of the new parameters: data dependencies that order
 the writes after their readers (`optimization_barrier` cannot: XLA:CPU drops
 it before it assigns buffers). While gradients and parameters are finite
-the values are optax's bits (x + 0 * y is x); a non-finite gradient makes
-every matrix's update NaN, where optax's would spoil its own leaf only,
-which the step's grad-norm metrics report either way. The state's structure
+the values are optax's bits (x + 0 * y is x); a gradient whose first
+element is not finite makes every matrix's update NaN, where optax's would
+spoil its own leaf only; the step's grad-norm metrics report it either way. The state's structure
 is optax.adam's, so checkpoints load either way, and
 `state.make_optimizers` takes this one on CPU only.
 """
@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import optax
 
 
-def ordered(leaf) -> bool:
+def is_ordered(leaf) -> bool:
   """Whether the update of this parameter waits for every gradient: the
-  matrices (dense kernels), where XLA's copies cost the FC GAN most. Conv
-  kernels and vectors keep optax's order (XLA may copy them, at little
-  cost): ordering DCGAN-64's conv kernels made its step hold 15% more memory
-  at once (README: "Where the FC GAN's step goes")."""
+  matrices (dense kernels, embedding tables), where XLA's copies cost the FC
+  GAN most. Conv kernels and vectors keep optax's order (XLA may copy them,
+  at little cost): ordering DCGAN-64's conv kernels made its step hold 15%
+  more memory at once (README: "Where the FC GAN's step goes")."""
   return leaf.ndim == 2
 
 
@@ -56,7 +56,7 @@ def adam(learning_rate, b1: float, b2: float, eps: float) -> optax.GradientTrans
       raise ValueError("gan_jax.optim.adam.update needs the parameters")
     updates, (moments, *rest) = ref.update(grads, state, params)
     one = 1 + sum(_zero_after(g) for g in jax.tree.leaves(grads) if jnp.size(g))
-    updates = jax.tree.map(lambda u: u * jnp.asarray(one, u.dtype) if ordered(u) else u, updates)
+    updates = jax.tree.map(lambda u: u * jnp.asarray(one, u.dtype) if is_ordered(u) else u, updates)
     new_params = optax.apply_updates(params, updates)   # the caller's; CSE merges the two
 
     def first_moment(g, m, p, new_m):

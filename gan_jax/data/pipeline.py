@@ -20,7 +20,8 @@ Labels (`labels=True`, class-conditional models): every batch is an
 (images, int32 labels) pair, the labels travelling with their images through
 the shuffle, the split over processes and devices, and the on-device gather.
 `data.num_examples` keeps only the first N examples of the split
-(limited-data experiments).
+(limited-data experiments); a tf.data source's cut is then cached in memory,
+so a source that streams or transforms at random reads it once.
 """
 from __future__ import annotations
 
@@ -87,6 +88,11 @@ class TrainData:
       self._array, self._images = images, None
       self.num_examples = len(images[0] if self.labels else images)
     else:
+      if limit:
+        # Epochs read the cut from memory: a source's own cache() behind the
+        # cut, read only partly, is dropped (with a warning) and the source
+        # read again every epoch.
+        images = (images[0].cache(), images[1])
       self._array, (self._images, size) = None, images
       self.num_examples = size if size is not None else int(
           self._images.reduce(0, lambda n, *_: n + 1))

@@ -101,7 +101,7 @@ def tfds_images(data_config: Any, image_shape,
     _label_feature(builder, data_config)
   shape = tuple(builder.info.features["image"].shape)
   size = _split_size(builder, data_config.split)
-  # No TFDS auto-cache: this source caches (below) or `first_examples` caches its cut.
+  # No TFDS auto-cache: this source caches (below), or TrainData caches its cut.
   ds = builder.as_dataset(split=data_config.split, shuffle_files=False,
                           read_config=_tf.tfds().ReadConfig(try_autocache=False))
   ds = ds.map((lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))) if labels else
@@ -118,8 +118,8 @@ def tfds_images(data_config: Any, image_shape,
            f"data.crop={data_config.crop})" if resize else f"of shape {shape}")
     raise DataError(f"dataset '{data_config.name}' has images {how}, but the model "
                     f"takes {tuple(image_shape)} (model.image_size, model.channels)")
-  # With data.num_examples, `first_examples` caches the cut instead: a cache
-  # read only partly is dropped (with a warning) and refilled every epoch.
+  # With data.num_examples, TrainData caches the cut instead: a cache read
+  # only partly is dropped (with a warning) and refilled every epoch.
   return (ds if data_config.get("num_examples", 0) else ds.cache()), size
 
 
